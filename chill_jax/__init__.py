@@ -1,0 +1,28 @@
+# Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
+"""chill-jax: fast, flexible sparse flash attention for JAX."""
+
+from chill_jax.attention import attention
+from chill_jax.configs import AttentionConfig, KernelConfig
+from chill_jax.masks import (
+    CausalChillMask,
+    ChillMask,
+    ChunkwiseChillMask,
+    FullChillMask,
+    PrefixLMChillMask,
+    SlidingWindowChillMask,
+)
+from chill_jax.reference import reference_attention
+
+__all__ = [
+    "AttentionConfig",
+    "CausalChillMask",
+    "ChillMask",
+    "ChunkwiseChillMask",
+    "FullChillMask",
+    "KernelConfig",
+    "PrefixLMChillMask",
+    "SlidingWindowChillMask",
+    "attention",
+    "reference_attention",
+]
+__version__ = "0.1.0"

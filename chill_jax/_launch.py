@@ -1,0 +1,84 @@
+# Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
+"""Kernel launchers: jax-triton on CUDA, the Triton interpreter on the host."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from chill_jax import _interpreter
+from chill_jax.configs import KernelConfig
+from chill_jax.masks import compiled
+
+IMPLEMENTATIONS = ("triton", "interpret")
+
+
+@functools.lru_cache(maxsize=None)
+def _jax_triton():
+    try:
+        import jax_triton  # noqa: PLC0415 (needs a CUDA jaxlib)
+    except ImportError as e:  # jax-triton raises ImportError on CPU-only jaxlib
+        raise RuntimeError(
+            "implementation='triton' needs jax-triton and a CUDA jaxlib "
+            f"(pip install 'chill-jax[cuda]'): {e}") from e
+    return jax_triton
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_available() -> bool:
+    """Whether the default JAX backend is a CUDA GPU."""
+    try:
+        return jax.default_backend() == "gpu" and any(
+            "cuda" in d.client.platform_version.lower() or d.platform == "gpu" for d in jax.devices("gpu"))
+    except RuntimeError:
+        return False
+
+
+def _compiled_constexprs(constexprs: dict[str, Any]) -> dict[str, Any]:
+    return {k: compiled(v) if inspect.isfunction(v) else v for k, v in constexprs.items()}
+
+
+def launch(kernel, *, grid: Sequence[int], args: Sequence[Any],
+           out_shapes: Sequence[jax.ShapeDtypeStruct], constexprs: dict[str, Any],
+           config: KernelConfig, implementation: str) -> list[jax.Array]:
+    """Launches a Triton kernel on JAX arrays.
+
+    Args:
+      kernel: ``@triton.jit`` kernel with positional parameters ``args`` then
+        one pointer per output, then keyword constexprs.
+      grid: the launch grid.
+      args: JAX arrays and Python scalars, in kernel order.
+      out_shapes: shape/dtype of each output.
+      constexprs: constexpr parameters (mask methods as plain functions).
+      config: warps and stages (GPU).
+      implementation: ``"triton"`` or ``"interpret"``.
+
+    Returns:
+      The outputs, as JAX arrays.
+    """
+    if implementation == "triton":
+        jt = _jax_triton()
+        outs = jt.triton_call(
+            *args, kernel=kernel, out_shape=list(out_shapes), grid=tuple(grid),
+            num_warps=config.num_warps, num_stages=config.num_stages,
+            **_compiled_constexprs(constexprs))
+        return list(outs)
+    if implementation == "interpret":
+        arrays = [a for a in args if isinstance(a, jax.Array) or hasattr(a, "aval")]
+        positions = [i for i, a in enumerate(args) if isinstance(a, jax.Array) or hasattr(a, "aval")]
+
+        def host(*host_arrays):
+            full_args = list(args)
+            for i, a in zip(positions, host_arrays):
+                full_args[i] = np.asarray(a)
+            return tuple(_interpreter.run(
+                kernel, grid, full_args, [(s.shape, s.dtype) for s in out_shapes], constexprs))
+
+        outs = jax.pure_callback(host, tuple(out_shapes), *arrays)
+        return list(outs)
+    raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")

@@ -1,0 +1,294 @@
+# Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
+"""``chill_jax.attention``: validation, custom_vjp and custom_vmap binding."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import triton
+
+from chill_jax import _launch
+from chill_jax.configs import AttentionConfig, default_config
+from chill_jax.kernels import attn_bwd_dkdv, attn_bwd_dq, attn_bwd_preprocess, attn_fwd
+from chill_jax.masks import ChillMask, FullChillMask
+
+LAYOUTS = ("BTNH", "BNTH")
+_DTYPES = (jnp.float16, jnp.bfloat16, jnp.float32)
+_PRECISIONS = ("ieee", "tf32", "tf32x3")
+MAX_HEAD_DIM = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    """Everything static about one call (hashable: a jit/vjp/vmap constant)."""
+
+    mask: ChillMask
+    sm_scale: float
+    layout: str
+    implementation: str
+    config: AttentionConfig
+    precision: str
+
+
+def _dims(x_shape: tuple[int, ...], layout: str) -> tuple[int, int, int, int]:
+    """(batch, seq, heads, head_dim) of a 4-D shape in ``layout``."""
+    if layout == "BTNH":
+        b, t, n, d = x_shape
+    else:
+        b, n, t, d = x_shape
+    return b, t, n, d
+
+
+def _strides(x_shape: tuple[int, ...], layout: str) -> tuple[int, int, int]:
+    """Element strides (batch, seq, head) of a contiguous array in ``layout``."""
+    b, t, n, d = _dims(x_shape, layout)
+    if layout == "BTNH":
+        return t * n * d, n * d, d
+    return n * t * d, d, t * d
+
+
+def _geometry(static: _Static, q, k, v) -> dict[str, Any]:
+    b, t, n, d = _dims(q.shape, static.layout)
+    _, s, kh, _ = _dims(k.shape, static.layout)
+    sq, sk, sv = (_strides(x.shape, static.layout) for x in (q, k, v))
+    return dict(
+        SQB=sq[0], SQT=sq[1], SQH=sq[2], SKB=sk[0], SKT=sk[1], SKH=sk[2],
+        SVB=sv[0], SVT=sv[1], SVH=sv[2], NUM_HEADS=n, GROUP=n // kh,
+        Q_LEN=t, KV_LEN=s, HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)),
+        PRECISION=static.precision)
+
+
+def _forward(static: _Static, q, k, v, q_lens, kv_lens):
+    geo = _geometry(static, q, k, v)
+    b, t, n = q.shape[0], geo["Q_LEN"], geo["NUM_HEADS"]
+    cfg = static.config.fwd
+    spec = static.mask.spec(cfg.block_m, cfg.block_n, geo["KV_LEN"])
+    out, lse = _launch.launch(
+        attn_fwd, grid=(triton.cdiv(t, cfg.block_m), b * n),
+        args=[q, k, v, q_lens, kv_lens, static.sm_scale],
+        out_shapes=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, n, t), jnp.float32)],
+        constexprs=dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **spec.constexprs()),
+        config=cfg, implementation=static.implementation)
+    return out, lse
+
+
+def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens):
+    geo = _geometry(static, q, k, v)
+    b, t, n, s = q.shape[0], geo["Q_LEN"], geo["NUM_HEADS"], geo["KV_LEN"]
+    kv_heads = n // geo["GROUP"]
+    pre = static.config.fwd
+    (delta,) = _launch.launch(
+        attn_bwd_preprocess, grid=(triton.cdiv(t, pre.block_m), b * n),
+        args=[out, dout.astype(q.dtype), dlse.astype(jnp.float32)],
+        out_shapes=[jax.ShapeDtypeStruct((b, n, t), jnp.float32)],
+        constexprs=dict(SOB=geo["SQB"], SOT=geo["SQT"], SOH=geo["SQH"], NUM_HEADS=n, Q_LEN=t,
+                        HEAD_DIM=geo["HEAD_DIM"], BLOCK_D=geo["BLOCK_D"], BLOCK_M=pre.block_m),
+        config=pre, implementation=static.implementation)
+    common = [q, k, v, dout.astype(q.dtype), lse, delta, q_lens, kv_lens, static.sm_scale]
+    cfg = static.config.bwd_dkdv
+    spec = static.mask.spec(cfg.block_m, cfg.block_n, s)
+    dk, dv = _launch.launch(
+        attn_bwd_dkdv, grid=(triton.cdiv(s, cfg.block_n), b * kv_heads), args=common,
+        out_shapes=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+        constexprs=dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                        **spec.constexprs(backward_q_ranges=True)),
+        config=cfg, implementation=static.implementation)
+    cfg = static.config.bwd_dq
+    spec = static.mask.spec(cfg.block_m, cfg.block_n, s)
+    (dq,) = _launch.launch(
+        attn_bwd_dq, grid=(triton.cdiv(t, cfg.block_m), b * n), args=common,
+        out_shapes=[jax.ShapeDtypeStruct(q.shape, q.dtype)],
+        constexprs=dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **spec.constexprs()),
+        config=cfg, implementation=static.implementation)
+    return dq, dk, dv
+
+
+def _fold(x, batched: bool, axis_size: int):
+    """Merges a leading vmapped axis into the batch axis (broadcasting if unbatched)."""
+    if not batched:
+        x = jnp.broadcast_to(x[None], (axis_size, *x.shape))
+    return x.reshape((axis_size * x.shape[1], *x.shape[2:]))
+
+
+def _unfold(x, axis_size: int):
+    return x.reshape((axis_size, x.shape[0] // axis_size, *x.shape[1:]))
+
+
+@functools.lru_cache(maxsize=None)
+def _batched(static: _Static, which: str):
+    """custom_vmap wrapper of the forward or backward pass for ``static``."""
+    impl = _forward if which == "fwd" else _backward
+
+    @jax.custom_batching.custom_vmap
+    def run(*args):
+        return impl(static, *args)
+
+    @run.def_vmap
+    def rule(axis_size, in_batched, *args):
+        folded = [_fold(a, bat, axis_size) for a, bat in zip(args, in_batched)]
+        outs = run(*folded)
+        return tuple(_unfold(o, axis_size) for o in outs), tuple(True for _ in outs)
+
+    return run
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _attention(static: _Static, q, k, v, q_lens, kv_lens):
+    return _batched(static, "fwd")(q, k, v, q_lens, kv_lens)
+
+
+def _attention_fwd(static: _Static, q, k, v, q_lens, kv_lens):
+    out, lse = _batched(static, "fwd")(q, k, v, q_lens, kv_lens)
+    return (out, lse), (q, k, v, out, lse, q_lens, kv_lens)
+
+
+def _attention_bwd(static: _Static, residuals, cotangents):
+    q, k, v, out, lse, q_lens, kv_lens = residuals
+    dout, dlse = cotangents
+    dq, dk, dv = _batched(static, "bwd")(q, k, v, out, lse, dout, dlse, q_lens, kv_lens)
+    return dq, dk, dv, None, None
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def _check_array(name: str, x: Any) -> None:
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{name} must be 4-D (batch, seq, heads, head_dim) or (batch, heads, seq, head_dim), "
+                         f"got shape {tuple(x.shape)}")
+    if jnp.dtype(x.dtype) not in [jnp.dtype(d) for d in _DTYPES]:
+        raise TypeError(f"{name} must be float16, bfloat16 or float32, got {x.dtype}")
+
+
+def _lengths(name: str, x: Any, batch: int, default: int):
+    if x is None:
+        return jnp.full((batch,), default, jnp.int32)
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"{name} must be an int32 array of shape ({batch},), got {type(x).__name__}")
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+        raise TypeError(f"{name} must be an integer array of shape ({batch},), got dtype {x.dtype}")
+    if tuple(x.shape) != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},) (one length per batch element), got {tuple(x.shape)}")
+    return jnp.asarray(x).astype(jnp.int32)
+
+
+def _resolve_implementation(implementation: str | None) -> str:
+    if implementation is None:
+        return "triton" if _launch.cuda_available() else "interpret"
+    if implementation not in _launch.IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be None or one of {_launch.IMPLEMENTATIONS}, got {implementation!r}")
+    if implementation == "triton" and not _launch.cuda_available():
+        raise ValueError("implementation='triton' needs a CUDA GPU as JAX's default backend; "
+                         "use implementation='interpret' (or None) on this machine")
+    return implementation
+
+
+def _resolve_precision(precision: Any, dtype) -> str:
+    if precision is None:
+        return "ieee"
+    if isinstance(precision, jax.lax.Precision):
+        return {jax.lax.Precision.DEFAULT: "tf32", jax.lax.Precision.HIGH: "tf32x3",
+                jax.lax.Precision.HIGHEST: "ieee"}[precision]
+    if isinstance(precision, str) and precision.lower() in _PRECISIONS:
+        return precision.lower()
+    if isinstance(precision, str) and precision.upper() in ("DEFAULT", "HIGH", "HIGHEST"):
+        return _resolve_precision(jax.lax.Precision[precision.upper()], dtype)
+    raise ValueError(f"precision must be None, one of {_PRECISIONS} or a jax.lax.Precision, got {precision!r}")
+
+
+def attention(query, key, value, mask: ChillMask | None = None, *, lengths=None, q_lengths=None,
+              kv_lengths=None, sm_scale: float | None = None, return_lse: bool = False,
+              layout: str = "BTNH", implementation: str | None = None, precision=None,
+              config: AttentionConfig | None = None):
+    """Sparse flash attention with a mask inlined into Triton kernels.
+
+    Args:
+      query: ``[B, T, N, D]`` (layout ``"BTNH"``) or ``[B, N, T, D]``
+        (``"BNTH"``); float16, bfloat16 or float32.
+      key: ``[B, S, K, D]`` / ``[B, K, S, D]``, same dtype; ``N % K == 0``
+        (each group of ``N // K`` query heads shares one key/value head).
+      value: same shape as ``key``.
+      mask: a :class:`ChillMask` instance; None means full attention.
+      lengths: int ``[B]``, valid length of each example (queries and keys);
+        values above the sequence length are clamped. Shorthand for both
+        ``q_lengths`` and ``kv_lengths``.
+      q_lengths: int ``[B]``, valid query length per example.
+      kv_lengths: int ``[B]``, valid key/value length per example.
+      sm_scale: logit scale, default ``1 / sqrt(D)``.
+      return_lse: also return the log-sum-exp, float32 ``[B, N, T]``
+        (natural log of the row's softmax denominator, ``-inf`` for rows
+        with no allowed key).
+      layout: ``"BTNH"`` or ``"BNTH"``; read and written without transposes.
+      implementation: ``"triton"`` (jax-triton on a CUDA GPU),
+        ``"interpret"`` (the same kernels through Triton's interpreter on the
+        host), or None (triton on a CUDA GPU, else interpret).
+      precision: float32 dot precision: ``"ieee"`` (default), ``"tf32"``,
+        ``"tf32x3"`` or a ``jax.lax.Precision``.
+      config: an :class:`AttentionConfig` overriding the default tiling.
+
+    Returns:
+      The output, shaped and typed like ``query``; rows at or past a query
+      length and rows with no allowed key are 0. With ``return_lse``,
+      ``(output, lse)``.
+
+    Raises:
+      TypeError, ValueError: an argument of the wrong type, shape or value.
+    """
+    for name, x in (("query", query), ("key", key), ("value", value)):
+        _check_array(name, x)
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if not (query.dtype == key.dtype == value.dtype):
+        raise TypeError(f"query, key and value must share a dtype, got {query.dtype}, {key.dtype}, {value.dtype}")
+    b, t, n, d = _dims(query.shape, layout)
+    kb, s, kh, kd = _dims(key.shape, layout)
+    if tuple(key.shape) != tuple(value.shape):
+        raise ValueError(f"key and value must have the same shape, got {tuple(key.shape)} and {tuple(value.shape)}")
+    if kb != b:
+        raise ValueError(f"key batch size {kb} must equal query batch size {b}")
+    if kd != d:
+        raise ValueError(f"key head_dim {kd} must equal query head_dim {d}")
+    if d < 1 or d > MAX_HEAD_DIM:
+        raise ValueError(f"head_dim must be between 1 and {MAX_HEAD_DIM}, got {d}")
+    if t < 1 or s < 1:
+        raise ValueError(f"sequence lengths must be >= 1, got query {t} and key {s}")
+    if kh < 1 or n % kh:
+        raise ValueError(f"query heads ({n}) must be a multiple of key/value heads ({kh})")
+    if mask is None:
+        mask = FullChillMask()
+    if isinstance(mask, type):
+        raise TypeError(f"mask must be a ChillMask instance, got the class {mask.__name__}; "
+                        f"call it, e.g. {mask.__name__}(...)")
+    if not isinstance(mask, ChillMask):
+        raise TypeError(f"mask must be a ChillMask instance or None, got {type(mask).__name__}")
+    mask.spec()
+    if lengths is not None and (q_lengths is not None or kv_lengths is not None):
+        raise ValueError("pass either lengths or q_lengths/kv_lengths, not both")
+    if lengths is not None:
+        q_lengths = kv_lengths = lengths
+    if sm_scale is None:
+        sm_scale = 1.0 / math.sqrt(d)
+    if isinstance(sm_scale, bool) or not isinstance(sm_scale, numbers.Real) or not (
+            math.isfinite(sm_scale) and sm_scale > 0):
+        raise ValueError(f"sm_scale must be a positive finite float, got {sm_scale!r}")
+    if config is not None and not isinstance(config, AttentionConfig):
+        raise TypeError(f"config must be a chill_jax.AttentionConfig, got {type(config).__name__}")
+    impl = _resolve_implementation(implementation)
+    prec = _resolve_precision(precision, query.dtype)
+    if config is None:
+        block_d = max(16, triton.next_power_of_2(d))
+        config = default_config(impl, block_d, jnp.dtype(query.dtype).itemsize)
+    q_lens = _lengths("q_lengths" if lengths is None else "lengths", q_lengths, b, t)
+    kv_lens = _lengths("kv_lengths" if lengths is None else "lengths", kv_lengths, b, s)
+    static = _Static(mask=mask, sm_scale=float(sm_scale), layout=layout, implementation=impl,
+                     config=config, precision=prec)
+    out, lse = _attention(static, query, key, value, q_lens, kv_lens)
+    return (out, lse) if return_lse else out

@@ -1,0 +1,100 @@
+# Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
+"""Forward flash-attention kernel with an inlined, tile-skipping mask."""
+
+import triton
+import triton.language as tl
+
+from .tiles import apply_mask, tile_loop_bounds
+
+
+
+@triton.jit
+def attn_fwd(
+    Q, K, V, QLens, KVLens, sm_scale,
+    Out, Lse,
+    # Strides (elements) of q/out, k and v: batch, sequence, head. The head
+    # dimension is contiguous.
+    SQB: tl.constexpr, SQT: tl.constexpr, SQH: tl.constexpr,
+    SKB: tl.constexpr, SKT: tl.constexpr, SKH: tl.constexpr,
+    SVB: tl.constexpr, SVT: tl.constexpr, SVH: tl.constexpr,
+    NUM_HEADS: tl.constexpr, GROUP: tl.constexpr,
+    Q_LEN: tl.constexpr, KV_LEN: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr,
+    MASK_FN: tl.constexpr, MASK_TAKES_LEN: tl.constexpr,
+    K_RANGE_FN: tl.constexpr, K_CONTINUOUS: tl.constexpr,
+    FULL_FN: tl.constexpr, PACK: tl.constexpr,
+    A0: tl.constexpr, A1: tl.constexpr, A2: tl.constexpr, A3: tl.constexpr,
+    A4: tl.constexpr, A5: tl.constexpr, A6: tl.constexpr, A7: tl.constexpr,
+    A8: tl.constexpr, A9: tl.constexpr, A10: tl.constexpr, A11: tl.constexpr,
+    A12: tl.constexpr, A13: tl.constexpr, A14: tl.constexpr, A15: tl.constexpr,
+):
+    """One program computes one query tile of one (batch, head).
+
+    Shapes: Q/Out ``[B, Q_LEN, N, D]`` or ``[B, N, Q_LEN, D]`` (by strides),
+    K/V likewise with ``KV_LEN`` and ``N // GROUP`` heads, QLens/KVLens int32
+    ``[B]``, Lse float32 ``[B, N, Q_LEN]`` (natural log; ``-inf`` for rows with
+    no allowed key or at/after the query length). Grid:
+    ``(cdiv(Q_LEN, BLOCK_M), B * N)``.
+    """
+    ARGS = PACK(A0, A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12, A13, A14, A15)
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // NUM_HEADS
+    h = pid_bh % NUM_HEADS
+    kvh = h // GROUP
+    q_len = tl.minimum(tl.maximum(tl.load(QLens + b), 0), Q_LEN)
+    kv_len = tl.minimum(tl.maximum(tl.load(KVLens + b), 0), KV_LEN)
+
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+
+    q_base = Q + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH
+    k_base = K + b.to(tl.int64) * SKB + kvh.to(tl.int64) * SKH
+    v_base = V + b.to(tl.int64) * SVB + kvh.to(tl.int64) * SVH
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    qk_scale = sm_scale * 1.4426950408889634
+
+    if start_m < q_len:
+        q = tl.load(q_base + offs_m[:, None] * SQT + offs_d[None, :],
+                    mask=(offs_m[:, None] < q_len) & d_ok[None, :], other=0.0)
+        count = tl.minimum(q_len - start_m, BLOCK_M)
+        first, end = tile_loop_bounds(start_m, count, kv_len, K_RANGE_FN,
+                                      K_CONTINUOUS, BLOCK_M, ARGS, BLOCK_N)
+        for start_n in range(first, end, BLOCK_N):
+            offs_n = start_n + offs_n0
+            n_ok = offs_n < kv_len
+            kt = tl.load(k_base + offs_n[None, :] * SKT + offs_d[:, None],
+                         mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+            qk = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+            qk = apply_mask(qk, float("-inf"), offs_m, offs_n, start_m, start_n,
+                            kv_len, MASK_FN, MASK_TAKES_LEN, FULL_FN, BLOCK_M,
+                            BLOCK_N, False, ARGS)
+            if start_n + BLOCK_N > kv_len:
+                qk = tl.where(n_ok[None, :], qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.math.exp2(m_i - m_use)
+            p = tl.math.exp2(qk - m_use[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v = tl.load(v_base + offs_n[:, None] * SVT + offs_d[None, :],
+                        mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
+
+    row_ok = (offs_m < q_len) & (l_i > 0.0)
+    out = acc / tl.where(row_ok, l_i, 1.0)[:, None]
+    out = tl.where(row_ok[:, None], out, 0.0)
+    lse = tl.where(row_ok, (m_i + tl.math.log2(tl.where(row_ok, l_i, 1.0))) * 0.6931471805599453,
+                   float("-inf"))
+    o_base = Out + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH
+    tl.store(o_base + offs_m[:, None] * SQT + offs_d[None, :], out.to(Out.dtype.element_ty),
+             mask=(offs_m[:, None] < Q_LEN) & d_ok[None, :])
+    tl.store(Lse + pid_bh.to(tl.int64) * Q_LEN + offs_m, lse, mask=offs_m < Q_LEN)

@@ -1,0 +1,194 @@
+# Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
+"""Tile-range helpers shared by the forward and backward kernels.
+
+A mask reaches the kernels as constexpr ``@triton.jit`` functions plus up to
+``MAX_MASK_ARGS`` constexpr constants ``A0 .. A15``. Triton cannot unpack a
+constexpr tuple, so the kernels rebuild the mask's ``args`` tuple with the
+``pack{n}`` helper of the mask's arity (``PACKERS[n]``) and hand that tuple to
+the mask's methods, which unpack it as ordinary Triton code.
+"""
+
+import triton
+import triton.language as tl
+
+MAX_MASK_ARGS = 16
+
+
+@triton.jit
+def pack0(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15):
+    return ()
+
+
+@triton.jit
+def pack1(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15):
+    return (a0,)
+
+
+@triton.jit
+def pack2(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15):
+    return (a0, a1)
+
+
+@triton.jit
+def pack3(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15):
+    return (a0, a1, a2)
+
+
+@triton.jit
+def pack4(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15):
+    return (a0, a1, a2, a3)
+
+
+@triton.jit
+def pack5(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15):
+    return (a0, a1, a2, a3, a4)
+
+
+@triton.jit
+def pack6(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15):
+    return (a0, a1, a2, a3, a4, a5)
+
+
+@triton.jit
+def pack7(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15):
+    return (a0, a1, a2, a3, a4, a5, a6)
+
+
+@triton.jit
+def pack8(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15):
+    return (a0, a1, a2, a3, a4, a5, a6, a7)
+
+
+@triton.jit
+def pack9(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15):
+    return (a0, a1, a2, a3, a4, a5, a6, a7, a8)
+
+
+@triton.jit
+def pack10(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15):
+    return (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9)
+
+
+@triton.jit
+def pack11(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15):
+    return (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10)
+
+
+@triton.jit
+def pack12(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15):
+    return (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11)
+
+
+@triton.jit
+def pack13(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15):
+    return (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12)
+
+
+@triton.jit
+def pack14(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15):
+    return (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13)
+
+
+@triton.jit
+def pack15(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15):
+    return (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14)
+
+
+@triton.jit
+def pack16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15):
+    return (a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15)
+
+
+PACKERS = (pack0, pack1, pack2, pack3, pack4, pack5, pack6, pack7, pack8, pack9,
+           pack10, pack11, pack12, pack13, pack14, pack15, pack16)
+
+
+@triton.jit
+def range_union(start, count, other_len, RANGE_FN: tl.constexpr,
+                CONTINUOUS: tl.constexpr, SIZE: tl.constexpr, ARGS):
+    """Hull of ``RANGE_FN`` over positions ``start .. start + count - 1``.
+
+    Args:
+      start: first position of the tile (scalar).
+      count: number of valid positions in the tile, ``1 <= count <= SIZE``.
+      other_len: length of the other side, passed to ``RANGE_FN`` as seq_len.
+      RANGE_FN: the mask's ``k_range_for_q`` or ``q_range_for_k``.
+      CONTINUOUS: both range ends are non-decreasing in the position, so the
+        hull is ``[lo(first), hi(last)]``; otherwise every position is asked.
+      SIZE: the tile size (upper bound on ``count``).
+      ARGS: the mask's constants tuple.
+
+    Returns:
+      ``(lo, hi)``: inclusive hull, clipped to ``[0, other_len - 1]``; empty
+      when ``hi < lo``.
+    """
+    if CONTINUOUS:
+        lo, _unused_hi = RANGE_FN(start, other_len, ARGS)
+        _unused_lo, hi = RANGE_FN(start + count - 1, other_len, ARGS)
+        lo = tl.maximum(lo + 0 * start, 0)
+        hi = tl.minimum(hi + 0 * start, other_len - 1)
+    else:
+        lo = other_len + 0 * start
+        hi = -1 + 0 * start
+        for i in range(SIZE):
+            if i < count:
+                lo_i, hi_i = RANGE_FN(start + i, other_len, ARGS)
+                lo = tl.minimum(lo, lo_i)
+                hi = tl.maximum(hi, hi_i)
+        lo = tl.maximum(lo, 0)
+        hi = tl.minimum(hi, other_len - 1)
+    return lo, hi
+
+
+@triton.jit
+def tile_loop_bounds(start, count, other_len, RANGE_FN: tl.constexpr,
+                     CONTINUOUS: tl.constexpr, SIZE: tl.constexpr, ARGS,
+                     OTHER_BLOCK: tl.constexpr):
+    """Loop bounds over the other side's tiles that a tile must visit.
+
+    Returns:
+      ``(first, end)``: tile starts are ``first, first + OTHER_BLOCK, ...``
+      below ``end``; ``first`` is a multiple of ``OTHER_BLOCK`` and the loop is
+      empty when nothing is allowed. Tiles outside the hull are never visited.
+    """
+    lo, hi = range_union(start, count, other_len, RANGE_FN, CONTINUOUS, SIZE, ARGS)
+    first = (lo // OTHER_BLOCK) * OTHER_BLOCK
+    end = tl.where(hi >= lo, hi + 1, first)
+    return first, end
+
+
+@triton.jit
+def apply_mask(scores, fill, offs_q, offs_k, start_q, start_k, kv_len,
+               MASK_FN: tl.constexpr, MASK_TAKES_LEN: tl.constexpr,
+               FULL_FN: tl.constexpr, BLOCK_Q: tl.constexpr,
+               BLOCK_K: tl.constexpr, TRANSPOSED: tl.constexpr, ARGS):
+    """Replaces the entries of a tile that the mask forbids by ``fill``.
+
+    Tiles the mask declares full (``FULL_FN``) skip the mask evaluation.
+
+    Args:
+      scores: ``[BLOCK_Q, BLOCK_K]`` tile, or ``[BLOCK_K, BLOCK_Q]`` when
+        ``TRANSPOSED``.
+      fill: value for forbidden entries (``-inf`` for logits, 0 for
+        probabilities).
+      offs_q: ``[BLOCK_Q]`` query positions; ``offs_k``: ``[BLOCK_K]`` keys.
+      start_q, start_k: the tile's first query and key positions.
+      kv_len: the key length the mask methods receive as ``seq_len``.
+
+    Returns:
+      The masked tile, same shape as ``scores``.
+    """
+    if FULL_FN is not None:
+        full = FULL_FN(start_q, start_k, BLOCK_Q, BLOCK_K, kv_len, ARGS)
+    else:
+        full = False
+    if not full:
+        if MASK_TAKES_LEN:
+            allowed = MASK_FN(offs_q, offs_k, kv_len, ARGS)
+        else:
+            allowed = MASK_FN(offs_q, offs_k, ARGS)
+        allowed = allowed.to(tl.int1)
+        if TRANSPOSED:
+            allowed = tl.trans(allowed)
+        scores = tl.where(allowed, scores, fill)
+    return scores
