@@ -63,6 +63,8 @@ def launch(kernel, *, grid: Sequence[int], args: Sequence[Any],
     """
     if implementation == "triton":
         jt = _jax_triton()
+        # jax-triton passes Python floats as fp64; the kernels take fp32.
+        args = [np.float32(a) if isinstance(a, float) else a for a in args]
         outs = jt.triton_call(
             *args, kernel=kernel, out_shape=list(out_shapes), grid=tuple(grid),
             num_warps=config.num_warps, num_stages=config.num_stages,

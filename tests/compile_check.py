@@ -1,0 +1,60 @@
+"""Compiles kernels for sm_90 on the host with Triton's own compiler (no GPU)."""
+
+import numpy as np
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+_TYPES = {np.dtype(np.float32): "fp32", np.dtype(np.float16): "fp16", np.dtype(np.int32): "i32", np.dtype(np.int8): "i8"}
+
+
+def _type_of(x):
+    if isinstance(x, (float, np.floating)):
+        return "fp32"
+    if isinstance(x, (bool, np.bool_)):
+        return "i1"
+    if isinstance(x, int):
+        return "i32"
+    name = np.dtype(x.dtype).name
+    return "*" + ("bf16" if name == "bfloat16" else _TYPES[np.dtype(x.dtype)])
+
+
+def compile_sm90(kernel, args, out_dtypes, constexprs, num_warps=4, num_stages=2):
+    """Compiles like jax-triton does: arrays are pointers, scalars runtime."""
+    from chill_jax.masks import compiled
+    import inspect
+
+    sig = {}
+    names = kernel.arg_names
+    types = [_type_of(a) for a in args] + ["*" + t for t in out_dtypes]
+    for name, t in zip(names, types):
+        sig[name] = t
+    consts = {k: compiled(v) if inspect.isfunction(v) else v for k, v in constexprs.items()}
+    for k in consts:
+        sig[k] = "constexpr"
+    attrs = {(i,): [["tt.divisibility", 16]] for i, t in enumerate(types) if t.startswith("*")}
+    src = ASTSource(kernel, signature=sig, constexprs=consts, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def record_launches(fn, *args):
+    """Traces ``fn(*args)`` and returns the kernel launches it makes."""
+    import jax
+    from chill_jax import _launch
+
+    launches = []
+    original = _launch.launch
+
+    def spy(kernel, *, grid, args, out_shapes, constexprs, config, implementation):
+        launches.append((kernel, [a if isinstance(a, (int, float)) else np.empty(0, a.dtype) for a in args],
+                         [np.dtype(s.dtype) for s in out_shapes], constexprs, config))
+        return original(kernel, grid=grid, args=args, out_shapes=out_shapes, constexprs=constexprs,
+                        config=config, implementation=implementation)
+
+    _launch.launch = spy
+    try:
+        jax.make_jaxpr(fn)(*args)
+    finally:
+        _launch.launch = original
+    return launches
