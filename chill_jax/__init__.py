@@ -3,6 +3,7 @@
 
 from chill_jax.attention import attention
 from chill_jax.configs import AttentionConfig, KernelConfig
+from chill_jax.flax_attention import make_attention_fn
 from chill_jax.masks import (
     CausalChillMask,
     ChillMask,
@@ -23,6 +24,7 @@ __all__ = [
     "PrefixLMChillMask",
     "SlidingWindowChillMask",
     "attention",
+    "make_attention_fn",
     "reference_attention",
 ]
 __version__ = "0.1.0"

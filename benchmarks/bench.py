@@ -1,0 +1,218 @@
+# Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
+"""Times chill-jax against its peers in one process on one GPU.
+
+Peers: ``jax.nn.dot_product_attention`` (cudnn and xla), Pallas GPU ``mha``
+and, when torch is importable, FlexAttention (compiled, with its block mask).
+Writes one CSV row per (impl, mask, shape, pass) as soon as it is measured:
+``impl,mask,B,T,N,D,dtype,pass,ms,tflops`` with effective TFLOP/s =
+4*B*N*T^2*D*density/time (x3.5 for fwd+bwd). Failures are rows with empty
+``ms`` and the reason in ``note``.
+
+Usage: ``python benchmarks/bench.py --out results/h100.csv [--shapes S1 S2] [--long]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import time
+import traceback
+
+import numpy as np
+
+import jax
+import jax.numpy as jnp
+
+import chill_jax as cj
+
+SHAPES = {"S1": (8, 4096, 16, 64), "S2": (4, 8192, 16, 128)}
+MASKS = {
+    "full": (cj.FullChillMask(), lambda q, k: np.ones_like(q >= k)),
+    "causal": (cj.CausalChillMask(), lambda q, k: q >= k),
+    "sliding_window_256_256": (cj.SlidingWindowChillMask(256, 256), lambda q, k: np.abs(q - k) <= 256),
+    "chunkwise_128_2": (cj.ChunkwiseChillMask(128, 2),
+                        lambda q, k: (k // 128 <= q // 128) & (k // 128 >= q // 128 - 2)),
+    "prefix_lm_512": (cj.PrefixLMChillMask(512), lambda q, k: (q >= k) | (k < 512)),
+}
+FIELDS = ["impl", "mask", "B", "T", "N", "D", "dtype", "pass", "ms", "tflops", "note"]
+
+
+def dense_mask(name: str, t: int) -> np.ndarray:
+    pos = np.arange(t)
+    return MASKS[name][1](pos[:, None], pos[None, :])
+
+
+def time_jax(fn, args, reps: int) -> float:
+    """Median milliseconds of ``fn(*args)`` after warm-up (block_until_ready)."""
+    jax.block_until_ready(fn(*args))
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def jax_impls(mask_name: str, t: int, dense):
+    """name -> attention fn(q, k, v) on [B, T, N, D] for the jax peers."""
+    impls = {}
+    chill_mask = MASKS[mask_name][0]
+    impls["chill_jax"] = lambda q, k, v: cj.attention(q, k, v, chill_mask)
+    kw = {}
+    if mask_name == "causal":
+        kw = dict(is_causal=True)
+    elif mask_name == "sliding_window_256_256":
+        kw = dict(local_window_size=(256, 256))
+    elif mask_name != "full":
+        kw = dict(mask=jnp.asarray(dense)[None, None])
+    impls["cudnn"] = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="cudnn", **kw)
+    xkw = dict(kw)
+    if mask_name == "sliding_window_256_256":
+        xkw = dict(mask=jnp.asarray(dense)[None, None])
+    impls["xla"] = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla", **xkw)
+    if mask_name in ("full", "causal"):
+        try:
+            from jax.experimental.pallas.ops.gpu import attention as pallas_attention
+
+            def pallas(q, k, v):
+                return pallas_attention.mha(q, k, v, segment_ids=None, sm_scale=1.0 / np.sqrt(q.shape[-1]),
+                                            causal=mask_name == "causal")
+
+            impls["pallas"] = pallas
+        except ImportError:
+            pass
+    return impls
+
+
+def flex_fns(mask_name: str, b: int, n: int, t: int):
+    """FlexAttention fwd and fwd+bwd callables on torch tensors, or None."""
+    try:
+        import torch
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError:
+        return None
+    mods = {
+        "full": None,
+        "causal": lambda bb, h, q, k: q >= k,
+        "sliding_window_256_256": lambda bb, h, q, k: (q - k <= 256) & (k - q <= 256),
+        "chunkwise_128_2": lambda bb, h, q, k: (k // 128 <= q // 128) & (k // 128 >= q // 128 - 2),
+        "prefix_lm_512": lambda bb, h, q, k: (q >= k) | (k < 512),
+    }
+    mod = mods[mask_name]
+    block_mask = None if mod is None else create_block_mask(mod, None, None, t, t, device="cuda")
+    compiled = torch.compile(flex_attention)
+    return torch, lambda q, k, v: compiled(q, k, v, block_mask=block_mask)
+
+
+def time_torch(torch, fn, reps: int) -> float:
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=50, rep=max(100, reps * 10), return_mode="median")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES))
+    parser.add_argument("--masks", nargs="+", default=list(MASKS))
+    parser.add_argument("--impls", nargs="+", default=["chill_jax", "cudnn", "xla", "pallas", "flex"])
+    parser.add_argument("--passes", nargs="+", default=["fwd", "fwd+bwd"])
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--tiny", action="store_true", help="smoke-test shapes (CPU)")
+    parser.add_argument("--long", action="store_true", help="also run B=1,N=8,T=131072,D=128 sliding window")
+    args = parser.parse_args()
+    out = open(args.out, "w", newline="")
+    writer = csv.DictWriter(out, FIELDS)
+    writer.writeheader()
+    print(jax.devices(), flush=True)
+
+    def emit(**row):
+        writer.writerow(row)
+        out.flush()
+        print(" ".join(f"{k}={row.get(k, '')}" for k in FIELDS), flush=True)
+
+    if args.tiny:
+        SHAPES.update(S1=(1, 128, 2, 64), S2=(1, 256, 1, 128))
+    rng = np.random.default_rng(0)
+    for shape_name in args.shapes:
+        b, t, n, d = SHAPES[shape_name]
+        qkv = [jnp.asarray(rng.standard_normal((b, t, n, d), np.float32), jnp.bfloat16) for _ in range(3)]
+        do = jnp.asarray(rng.standard_normal((b, t, n, d), np.float32), jnp.bfloat16)
+        for mask_name in args.masks:
+            dense = dense_mask(mask_name, t)
+            density = float(dense.mean())
+            flops = 4.0 * b * n * t * t * d * density
+            impls = jax_impls(mask_name, t, dense)
+            for impl in args.impls:
+                for pas in args.passes:
+                    base = dict(impl=impl, mask=mask_name, B=b, T=t, N=n, D=d, dtype="bf16", **{"pass": pas})
+                    try:
+                        if impl == "flex":
+                            made = flex_fns(mask_name, b, n, t)
+                            if made is None:
+                                continue
+                            torch, fwd = made
+                            tq, tk, tv, tdo = (torch.from_numpy(np.asarray(x.astype(jnp.float32))).cuda()
+                                               .to(torch.bfloat16).transpose(1, 2).contiguous() for x in (*qkv, do))
+                            if pas == "fwd":
+                                ms = time_torch(torch, lambda: fwd(tq, tk, tv), args.reps)
+                            else:
+                                for x in (tq, tk, tv):
+                                    x.requires_grad_(True)
+
+                                def fb():
+                                    o = fwd(tq, tk, tv)
+                                    torch.autograd.grad(o, (tq, tk, tv), tdo)
+
+                                ms = time_torch(torch, fb, args.reps)
+                            del tq, tk, tv, tdo
+                            torch.cuda.empty_cache()
+                        else:
+                            if impl not in impls:
+                                continue
+                            fn = impls[impl]
+                            if pas == "fwd":
+                                run = jax.jit(fn)
+                                ms = time_jax(run, qkv, args.reps)
+                            else:
+                                def fb(q, k, v, do, fn=fn):
+                                    o, vjp = jax.vjp(fn, q, k, v)
+                                    return vjp(do)
+
+                                ms = time_jax(jax.jit(fb), (*qkv, do), args.reps)
+                        mult = 1.0 if pas == "fwd" else 3.5
+                        emit(**base, ms=f"{ms:.4f}", tflops=f"{mult * flops / ms / 1e9:.1f}", note="")
+                    except Exception as e:  # record refusals/OOM as rows
+                        emit(**base, ms="", tflops="", note=(type(e).__name__ + ": " + str(e).splitlines()[0])[:160]
+                             if str(e) else type(e).__name__)
+                        if "--debug" in sys.argv:
+                            traceback.print_exc()
+        del qkv, do
+    if args.long:
+        b, t, n, d = 1, 131072, 8, 128
+        q, k, v, do = (jnp.asarray(rng.standard_normal((b, t, n, d), np.float32), jnp.bfloat16) for _ in range(4))
+        mask = cj.SlidingWindowChillMask(256, 256)
+        density = (t * 513 - 256 * 257) / t / t
+        flops = 4.0 * b * n * t * t * d * density
+        for pas in ("fwd", "fwd+bwd"):
+            base = dict(impl="chill_jax", mask="sliding_window_256_256", B=b, T=t, N=n, D=d, dtype="bf16",
+                        **{"pass": pas})
+            try:
+                if pas == "fwd":
+                    ms = time_jax(jax.jit(lambda q, k, v: cj.attention(q, k, v, mask)), (q, k, v), 5)
+                else:
+                    ms = time_jax(jax.jit(lambda q, k, v, do: jax.vjp(lambda q, k, v: cj.attention(q, k, v, mask),
+                                                                      q, k, v)[1](do)), (q, k, v, do), 5)
+                mult = 1.0 if pas == "fwd" else 3.5
+                emit(**base, ms=f"{ms:.4f}", tflops=f"{mult * flops / ms / 1e9:.1f}", note="memory linear in T")
+            except Exception as e:
+                emit(**base, ms="", tflops="", note=(type(e).__name__ + ": " + str(e).splitlines()[0])[:160])
+    out.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
