@@ -43,6 +43,32 @@ def _compiled_constexprs(constexprs: dict[str, Any]) -> dict[str, Any]:
     return {k: compiled(v) if inspect.isfunction(v) else v for k, v in constexprs.items()}
 
 
+def _varying_axes(x) -> frozenset:
+    """shard_map mesh axes along which ``x`` varies (empty outside shard_map)."""
+    aval = jax.typeof(x)
+    mat = getattr(aval, "mat", None)
+    if mat is not None:
+        return frozenset(mat.varying)
+    return frozenset(getattr(aval, "vma", ()))
+
+
+def _restore_varying(outs: list, args: Sequence[Any]) -> list:
+    """Gives outputs the inputs' varying manual axes back.
+
+    Custom calls and host callbacks produce outputs typed as invariant across
+    shard_map's manual axes, which breaks their transpose (grad); the outputs
+    of a per-shard kernel vary exactly as its inputs do.
+    """
+    axes = frozenset().union(*(_varying_axes(a) for a in args if hasattr(a, "aval") or isinstance(a, jax.Array)))
+    if not axes:
+        return outs
+    fixed = []
+    for out in outs:
+        missing = tuple(sorted(axes - _varying_axes(out), key=str))
+        fixed.append(jax.lax.pcast(out, missing, to="varying") if missing else out)
+    return fixed
+
+
 def launch(kernel, *, grid: Sequence[int], args: Sequence[Any],
            out_shapes: Sequence[jax.ShapeDtypeStruct], constexprs: dict[str, Any],
            config: KernelConfig, implementation: str) -> list[jax.Array]:
@@ -69,7 +95,7 @@ def launch(kernel, *, grid: Sequence[int], args: Sequence[Any],
             *args, kernel=kernel, out_shape=list(out_shapes), grid=tuple(grid),
             num_warps=config.num_warps, num_stages=config.num_stages,
             **_compiled_constexprs(constexprs))
-        return list(outs)
+        return _restore_varying(list(outs), args)
     if implementation == "interpret":
         arrays = [a for a in args if isinstance(a, jax.Array) or hasattr(a, "aval")]
         positions = [i for i, a in enumerate(args) if isinstance(a, jax.Array) or hasattr(a, "aval")]
@@ -82,5 +108,5 @@ def launch(kernel, *, grid: Sequence[int], args: Sequence[Any],
                 kernel, grid, full_args, [(s.shape, s.dtype) for s in out_shapes], constexprs))
 
         outs = jax.pure_callback(host, tuple(out_shapes), *arrays)
-        return list(outs)
+        return _restore_varying(list(outs), arrays)
     raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
