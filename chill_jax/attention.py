@@ -34,6 +34,7 @@ class _Static:
     implementation: str
     config: AttentionConfig
     precision: str
+    prescale_qk: bool = False
 
 
 def _dims(x_shape: tuple[int, ...], layout: str) -> tuple[int, int, int, int]:
@@ -61,7 +62,7 @@ def _geometry(static: _Static, q, k, v) -> dict[str, Any]:
         SQB=sq[0], SQT=sq[1], SQH=sq[2], SKB=sk[0], SKT=sk[1], SKH=sk[2],
         SVB=sv[0], SVT=sv[1], SVH=sv[2], NUM_HEADS=n, GROUP=n // kh,
         Q_LEN=t, KV_LEN=s, HEAD_DIM=d, BLOCK_D=max(16, triton.next_power_of_2(d)),
-        PRECISION=static.precision)
+        PRECISION=static.precision, PRESCALE=static.prescale_qk)
 
 
 def _forward(static: _Static, q, k, v, q_lens, kv_lens):
@@ -207,7 +208,7 @@ def _resolve_precision(precision: Any, dtype) -> str:
 def attention(query, key, value, mask: ChillMask | None = None, *, lengths=None, q_lengths=None,
               kv_lengths=None, sm_scale: float | None = None, return_lse: bool = False,
               layout: str = "BTNH", implementation: str | None = None, precision=None,
-              config: AttentionConfig | None = None):
+              prescale_qk: bool = False, config: AttentionConfig | None = None):
     """Sparse flash attention with a mask inlined into Triton kernels.
 
     Args:
@@ -232,6 +233,9 @@ def attention(query, key, value, mask: ChillMask | None = None, *, lengths=None,
         host), or None (triton on a CUDA GPU, else interpret).
       precision: float32 dot precision: ``"ieee"`` (default), ``"tf32"``,
         ``"tf32x3"`` or a ``jax.lax.Precision``.
+      prescale_qk: multiply the query tile by the scale once (rounded to the
+        input dtype) instead of every logit tile: faster, slightly less exact
+        for 16-bit inputs.
       config: an :class:`AttentionConfig` overriding the default tiling.
 
     Returns:
@@ -279,6 +283,8 @@ def attention(query, key, value, mask: ChillMask | None = None, *, lengths=None,
     if isinstance(sm_scale, bool) or not isinstance(sm_scale, numbers.Real) or not (
             math.isfinite(sm_scale) and sm_scale > 0):
         raise ValueError(f"sm_scale must be a positive finite float, got {sm_scale!r}")
+    if not isinstance(prescale_qk, bool):
+        raise TypeError(f"prescale_qk must be a bool, got {type(prescale_qk).__name__}")
     if config is not None and not isinstance(config, AttentionConfig):
         raise TypeError(f"config must be a chill_jax.AttentionConfig, got {type(config).__name__}")
     impl = _resolve_implementation(implementation)
@@ -289,6 +295,6 @@ def attention(query, key, value, mask: ChillMask | None = None, *, lengths=None,
     q_lens = _lengths("q_lengths" if lengths is None else "lengths", q_lengths, b, t)
     kv_lens = _lengths("kv_lengths" if lengths is None else "lengths", kv_lengths, b, s)
     static = _Static(mask=mask, sm_scale=float(sm_scale), layout=layout, implementation=impl,
-                     config=config, precision=prec)
+                     config=config, precision=prec, prescale_qk=prescale_qk)
     out, lse = _attention(static, query, key, value, q_lens, kv_lens)
     return (out, lse) if return_lse else out

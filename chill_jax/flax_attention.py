@@ -10,7 +10,8 @@ import jax.numpy as jnp
 from chill_jax.attention import attention
 from chill_jax.masks import CausalChillMask, ChillMask
 
-_OPTIONS = ("lengths", "q_lengths", "kv_lengths", "sm_scale", "implementation", "precision", "config")
+_OPTIONS = ("lengths", "q_lengths", "kv_lengths", "sm_scale", "implementation", "precision", "prescale_qk",
+            "config")
 
 
 def make_attention_fn(mask: ChillMask | None = None, **options: Any) -> Callable:

@@ -62,7 +62,7 @@ def attn_bwd_dkdv(
     Q_LEN: tl.constexpr, KV_LEN: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, PRESCALE: tl.constexpr,
     MASK_FN: tl.constexpr, MASK_TAKES_LEN: tl.constexpr,
     Q_RANGE_FN: tl.constexpr, Q_CONTINUOUS: tl.constexpr,
     FULL_FN: tl.constexpr, PACK: tl.constexpr,
@@ -116,7 +116,10 @@ def attn_bwd_dkdv(
                 q = tl.load(q_base + offs_m[:, None] * SQT + offs_d[None, :], mask=q_mask, other=0.0)
                 do = tl.load(do_base + offs_m[:, None] * SQT + offs_d[None, :], mask=q_mask, other=0.0)
                 lse2, delta = _load_row_stats(Lse, Delta, stat_base + offs_m, offs_m, q_len)
-                qkt = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
+                if PRESCALE:
+                    qkt = tl.dot(k, tl.trans((q * qk_scale).to(q.dtype)), input_precision=PRECISION)
+                else:
+                    qkt = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
                 pt = tl.math.exp2(qkt - lse2[None, :])
                 pt = apply_mask(pt, 0.0, offs_m, offs_n, start_m, start_n, kv_len,
                                 MASK_FN, MASK_TAKES_LEN, FULL_FN, BLOCK_M, BLOCK_N,
@@ -147,7 +150,7 @@ def attn_bwd_dq(
     Q_LEN: tl.constexpr, KV_LEN: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, PRESCALE: tl.constexpr,
     MASK_FN: tl.constexpr, MASK_TAKES_LEN: tl.constexpr,
     K_RANGE_FN: tl.constexpr, K_CONTINUOUS: tl.constexpr,
     FULL_FN: tl.constexpr, PACK: tl.constexpr,
@@ -186,6 +189,10 @@ def attn_bwd_dq(
         q = tl.load(q_base + offs_m[:, None] * SQT + offs_d[None, :], mask=q_mask, other=0.0)
         do = tl.load(do_base + offs_m[:, None] * SQT + offs_d[None, :], mask=q_mask, other=0.0)
         lse2, delta = _load_row_stats(Lse, Delta, pid_bh.to(tl.int64) * Q_LEN + offs_m, offs_m, q_len)
+        if PRESCALE:
+            q_dot = (q * qk_scale).to(q.dtype)
+        else:
+            q_dot = q
         count = tl.minimum(q_len - start_m, BLOCK_M)
         first, end = tile_loop_bounds(start_m, count, kv_len, K_RANGE_FN,
                                       K_CONTINUOUS, BLOCK_M, ARGS, BLOCK_N)
@@ -195,7 +202,10 @@ def attn_bwd_dq(
             t_mask = n_ok[None, :] & d_ok[:, None]
             kt = tl.load(k_base + offs_n[None, :] * SKT + offs_d[:, None], mask=t_mask, other=0.0)
             vt = tl.load(v_base + offs_n[None, :] * SVT + offs_d[:, None], mask=t_mask, other=0.0)
-            qk = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+            if PRESCALE:
+                qk = tl.dot(q_dot, kt, input_precision=PRECISION)
+            else:
+                qk = tl.dot(q_dot, kt, input_precision=PRECISION) * qk_scale
             p = tl.math.exp2(qk - lse2[:, None])
             p = apply_mask(p, 0.0, offs_m, offs_n, start_m, start_n, kv_len,
                            MASK_FN, MASK_TAKES_LEN, FULL_FN, BLOCK_M, BLOCK_N,

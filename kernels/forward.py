@@ -21,7 +21,7 @@ def attn_fwd(
     Q_LEN: tl.constexpr, KV_LEN: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, PRESCALE: tl.constexpr,
     MASK_FN: tl.constexpr, MASK_TAKES_LEN: tl.constexpr,
     K_RANGE_FN: tl.constexpr, K_CONTINUOUS: tl.constexpr,
     FULL_FN: tl.constexpr, PACK: tl.constexpr,
@@ -65,6 +65,8 @@ def attn_fwd(
     if start_m < q_len:
         q = tl.load(q_base + offs_m[:, None] * SQT + offs_d[None, :],
                     mask=(offs_m[:, None] < q_len) & d_ok[None, :], other=0.0)
+        if PRESCALE:
+            q = (q * qk_scale).to(q.dtype)
         count = tl.minimum(q_len - start_m, BLOCK_M)
         first, end = tile_loop_bounds(start_m, count, kv_len, K_RANGE_FN,
                                       K_CONTINUOUS, BLOCK_M, ARGS, BLOCK_N)
@@ -73,7 +75,10 @@ def attn_fwd(
             n_ok = offs_n < kv_len
             kt = tl.load(k_base + offs_n[None, :] * SKT + offs_d[:, None],
                          mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-            qk = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+            if PRESCALE:
+                qk = tl.dot(q, kt, input_precision=PRECISION)
+            else:
+                qk = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
             qk = apply_mask(qk, float("-inf"), offs_m, offs_n, start_m, start_n,
                             kv_len, MASK_FN, MASK_TAKES_LEN, FULL_FN, BLOCK_M,
                             BLOCK_N, False, ARGS)
