@@ -1,0 +1,70 @@
+# Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
+"""Every kernel launch of forward + backward compiles for sm_90 (H100) with the
+GPU default configurations and fits the per-block shared memory, on the host
+without a GPU."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import triton
+
+import chill_jax
+from chill_jax import CausalChillMask, ChunkwiseChillMask, PrefixLMChillMask, SlidingWindowChillMask
+from chill_jax.configs import default_config
+import compile_check
+import custom_masks
+from testing_utils import BUILTIN_MASKS, dtype_name, layout_shape
+
+H100_MAX_SHARED = 232448
+KERNELS = {"attn_fwd", "attn_bwd_preprocess", "attn_bwd_dkdv", "attn_bwd_dq"}
+
+
+def _case(mask, dtype, head_dim, *, heads=2, kv_heads=2, layout="BTNH", precision=None):
+    return pytest.param(mask, dtype, head_dim, heads, kv_heads, layout, precision,
+                        id=f"{mask!r}-{dtype_name(dtype)}-D{head_dim}-{heads}q{kv_heads}kv-{layout}"
+                           + (f"-{precision}" if precision else ""))
+
+
+CASES = [
+    *[_case(mask, jnp.bfloat16, 64) for mask in BUILTIN_MASKS],
+    *[_case(CausalChillMask(), dtype, d) for d in (16, 128, 256) for dtype in (jnp.float32, jnp.bfloat16)],
+    _case(CausalChillMask(), jnp.float32, 64),
+    _case(PrefixLMChillMask(40), jnp.float16, 256),
+    _case(SlidingWindowChillMask(20, 7), jnp.float16, 128, layout="BNTH"),
+    _case(ChunkwiseChillMask(32, 1), jnp.float32, 128, heads=4, kv_heads=1),
+    _case(SlidingWindowChillMask(200, 200), jnp.bfloat16, 256, heads=4, kv_heads=2),
+    _case(CausalChillMask(), jnp.float32, 64, precision="tf32"),
+    _case(custom_masks.LocalWindowMask(9, 4), jnp.bfloat16, 64),
+    _case(custom_masks.DiscontinuousModuloMask(23), jnp.float16, 32),
+    _case(custom_masks.LastKeysMask(10), jnp.bfloat16, 16),
+]
+
+
+@pytest.mark.parametrize("mask,dtype,head_dim,heads,kv_heads,layout,precision", CASES)
+def test_compiles_for_sm90(mask, dtype, head_dim, heads, kv_heads, layout, precision):
+    """Traces forward + backward with the GPU config, compiles each launch."""
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    config = default_config("triton", block_d, jnp.dtype(dtype).itemsize)
+    b, t = 2, 200
+    q = jax.ShapeDtypeStruct(layout_shape(layout, b, t, heads, head_dim), dtype)
+    kv = jax.ShapeDtypeStruct(layout_shape(layout, b, t, kv_heads, head_dim), dtype)
+    lengths = jax.ShapeDtypeStruct((b,), jnp.int32)
+
+    def loss(q, k, v, lengths):
+        out, lse = chill_jax.attention(q, k, v, mask, lengths=lengths, return_lse=True, layout=layout,
+                                       precision=precision, config=config, implementation="interpret")
+        return jnp.sum(out.astype(jnp.float32)) + jnp.sum(jnp.where(jnp.isfinite(lse), lse, 0.0))
+
+    jax.clear_caches()  # record_launches sees only launches traced anew
+    launches = compile_check.record_launches(jax.grad(loss, argnums=(0, 1, 2)), q, kv, kv, lengths)
+    assert {kernel.fn.__name__ for kernel, *_ in launches} == KERNELS
+    for kernel, args, out_dtypes, constexprs, kernel_config in launches:
+        out_types = [compile_check._type_of(np.empty(0, d))[1:] for d in out_dtypes]
+        compiled = compile_check.compile_sm90(kernel, args, out_types, constexprs,
+                                              num_warps=kernel_config.num_warps,
+                                              num_stages=kernel_config.num_stages)
+        name = kernel.fn.__name__
+        assert compiled.metadata.num_warps == kernel_config.num_warps, name
+        assert 0 < compiled.metadata.shared <= H100_MAX_SHARED, (name, compiled.metadata.shared, kernel_config)
+        assert "cubin" in compiled.asm, name
