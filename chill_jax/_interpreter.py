@@ -6,6 +6,7 @@ imported first: every launch, under one process-wide lock, swaps the compiled
 ``@triton.jit`` objects it can reach (Triton's own library helpers, the
 kernel's and the mask's helper functions) for interpreter wrappers, upcasts
 bf16 dot operands (the interpreter multiplies their raw bits otherwise), and
+makes the interpreter's scalar conversion work with numpy >= 2.4, and
 restores everything afterwards, so compiled-mode Triton keeps working in the
 same process.
 """
@@ -86,6 +87,15 @@ def as_interpreted(obj: Any) -> Any:
     return obj
 
 
+_ORIGINAL_PATCH_TENSOR = _interp._patch_lang_tensor
+
+
+def _patch_lang_tensor(tensor, scope):
+    """Triton's tensor patch, with an ``__index__`` numpy >= 2.4 accepts."""
+    _ORIGINAL_PATCH_TENSOR(tensor, scope)
+    scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
+
+
 def _bf16_to_f32(handle):
     bits = handle.data.astype(np.uint32) << 16
     return _interp.TensorHandle(bits.view(np.float32), tl.float32)
@@ -164,6 +174,8 @@ def interpreter_scope(functions: Iterable[Callable]):
                 if isinstance(value, JITFunction):
                     setattr(tl.tensor, name, _interpreted_of(value.fn))
             _interp.InterpreterBuilder.create_dot = _create_dot
+            restorer.save_dict(vars(_interp))
+            _interp._patch_lang_tensor = _patch_lang_tensor
             knobs = triton.knobs.runtime
             old_interpret = knobs.interpret
             knobs.interpret = True

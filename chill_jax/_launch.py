@@ -52,7 +52,7 @@ def _varying_axes(x) -> frozenset:
     return frozenset(getattr(aval, "vma", ()))
 
 
-def _restore_varying(outs: list, args: Sequence[Any]) -> list:
+def restore_varying(outs: list, args: Sequence[Any]) -> list:
     """Gives outputs the inputs' varying manual axes back.
 
     Custom calls and host callbacks produce outputs typed as invariant across
@@ -95,7 +95,7 @@ def launch(kernel, *, grid: Sequence[int], args: Sequence[Any],
             *args, kernel=kernel, out_shape=list(out_shapes), grid=tuple(grid),
             num_warps=config.num_warps, num_stages=config.num_stages,
             **_compiled_constexprs(constexprs))
-        return _restore_varying(list(outs), args)
+        return restore_varying(list(outs), args)
     if implementation == "interpret":
         arrays = [a for a in args if isinstance(a, jax.Array) or hasattr(a, "aval")]
         positions = [i for i, a in enumerate(args) if isinstance(a, jax.Array) or hasattr(a, "aval")]
@@ -108,5 +108,5 @@ def launch(kernel, *, grid: Sequence[int], args: Sequence[Any],
                 kernel, grid, full_args, [(s.shape, s.dtype) for s in out_shapes], constexprs))
 
         outs = jax.pure_callback(host, tuple(out_shapes), *arrays)
-        return _restore_varying(list(outs), arrays)
+        return restore_varying(list(outs), arrays)
     raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")

@@ -13,12 +13,13 @@ import jax
 import jax.numpy as jnp
 import triton
 
-from chill_jax import _launch
+from chill_jax import _launch, _sharding, _xla
 from chill_jax.configs import AttentionConfig, default_config
 from chill_jax.kernels import attn_bwd_dkdv, attn_bwd_dq, attn_bwd_preprocess, attn_fwd
 from chill_jax.masks import ChillMask, FullChillMask
 
 LAYOUTS = ("BTNH", "BNTH")
+IMPLEMENTATIONS = ("triton", "interpret", "xla")
 _DTYPES = (jnp.float16, jnp.bfloat16, jnp.float32)
 _PRECISIONS = ("ieee", "tf32", "tf32x3")
 MAX_HEAD_DIM = 256
@@ -110,33 +111,12 @@ def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens):
     return dq, dk, dv
 
 
-def _fold(x, batched: bool, axis_size: int):
-    """Merges a leading vmapped axis into the batch axis (broadcasting if unbatched)."""
-    if not batched:
-        x = jnp.broadcast_to(x[None], (axis_size, *x.shape))
-    return x.reshape((axis_size * x.shape[1], *x.shape[2:]))
-
-
-def _unfold(x, axis_size: int):
-    return x.reshape((axis_size, x.shape[0] // axis_size, *x.shape[1:]))
-
-
 @functools.lru_cache(maxsize=None)
 def _batched(static: _Static, which: str):
-    """custom_vmap wrapper of the forward or backward pass for ``static``."""
+    """The forward or backward pass for ``static`` with its vmap rule (vmapped
+    axes folded into the batch) and multi-device rules: see ``_sharding``."""
     impl = _forward if which == "fwd" else _backward
-
-    @jax.custom_batching.custom_vmap
-    def run(*args):
-        return impl(static, *args)
-
-    @run.def_vmap
-    def rule(axis_size, in_batched, *args):
-        folded = [_fold(a, bat, axis_size) for a, bat in zip(args, in_batched)]
-        outs = run(*folded)
-        return tuple(_unfold(o, axis_size) for o in outs), tuple(True for _ in outs)
-
-    return run
+    return _sharding.sharded(functools.partial(impl, static), which, static.layout, static.implementation)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -183,12 +163,12 @@ def _lengths(name: str, x: Any, batch: int, default: int):
 
 def _resolve_implementation(implementation: str | None) -> str:
     if implementation is None:
-        return "triton" if _launch.cuda_available() else "interpret"
-    if implementation not in _launch.IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be None or one of {_launch.IMPLEMENTATIONS}, got {implementation!r}")
+        return "triton" if _launch.cuda_available() else "xla"
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be None or one of {IMPLEMENTATIONS}, got {implementation!r}")
     if implementation == "triton" and not _launch.cuda_available():
         raise ValueError("implementation='triton' needs a CUDA GPU as JAX's default backend; "
-                         "use implementation='interpret' (or None) on this machine")
+                         "use implementation='xla' or 'interpret' (or None) on this machine")
     return implementation
 
 
@@ -230,7 +210,9 @@ def attention(query, key, value, mask: ChillMask | None = None, *, lengths=None,
       layout: ``"BTNH"`` or ``"BNTH"``; read and written without transposes.
       implementation: ``"triton"`` (jax-triton on a CUDA GPU),
         ``"interpret"`` (the same kernels through Triton's interpreter on the
-        host), or None (triton on a CUDA GPU, else interpret).
+        host: exact but slow, for tests), ``"xla"`` (blockwise pure-JAX
+        attention evaluating the same mask methods; CPU/TPU), or None
+        (triton on a CUDA GPU, else xla).
       precision: float32 dot precision: ``"ieee"`` (default), ``"tf32"``,
         ``"tf32x3"`` or a ``jax.lax.Precision``.
       prescale_qk: multiply the query tile by the scale once (rounded to the
@@ -289,11 +271,19 @@ def attention(query, key, value, mask: ChillMask | None = None, *, lengths=None,
         raise TypeError(f"config must be a chill_jax.AttentionConfig, got {type(config).__name__}")
     impl = _resolve_implementation(implementation)
     prec = _resolve_precision(precision, query.dtype)
+    q_lens = _lengths("q_lengths" if lengths is None else "lengths", q_lengths, b, t)
+    kv_lens = _lengths("kv_lengths" if lengths is None else "lengths", kv_lengths, b, s)
+    if impl == "xla":
+        blocks = {} if config is None else dict(block_q=config.fwd.block_m, block_k=config.fwd.block_n)
+        scale = float(sm_scale)
+        if prescale_qk:  # same rounding as the kernels; autodiff carries the scale to dq
+            query, scale = (query * scale).astype(query.dtype), 1.0
+        out, lse = _xla.xla_attention(query, key, value, q_lens, kv_lens, mask=mask, sm_scale=scale,
+                                      layout=layout, precision=prec, **blocks)
+        return (out, lse) if return_lse else out
     if config is None:
         block_d = max(16, triton.next_power_of_2(d))
         config = default_config(impl, block_d, jnp.dtype(query.dtype).itemsize)
-    q_lens = _lengths("q_lengths" if lengths is None else "lengths", q_lengths, b, t)
-    kv_lens = _lengths("kv_lengths" if lengths is None else "lengths", kv_lengths, b, s)
     static = _Static(mask=mask, sm_scale=float(sm_scale), layout=layout, implementation=impl,
                      config=config, precision=prec, prescale_qk=prescale_qk)
     out, lse = _attention(static, query, key, value, q_lens, kv_lens)
