@@ -87,7 +87,7 @@ _ROLES = {
     "fwd": (("q", "kv", "kv", "b", "b"), ("q", "lse")),
     "bwd": (("q", "kv", "kv", "q", "lse", "q", "lse", "b", "b"), ("q", "kv", "kv")),
 }
-_KERNEL_IMPLEMENTATIONS = ("triton", "interpret")
+_PARTITIONED_IMPLEMENTATIONS = ("triton", "interpret", "xla")
 
 
 def _dim_names(role: str, layout: str, nlead: int) -> tuple[str, ...]:
@@ -562,8 +562,9 @@ def sharded(fn: Callable, which: str, layout: str, implementation: str) -> Calla
         pass on unbatched arrays of one device.
       which: ``"fwd"`` or ``"bwd"``.
       layout: ``"BTNH"`` or ``"BNTH"``.
-      implementation: the kernels' implementation; partitioning is applied to
-        ``"triton"`` and ``"interpret"``, anything else only gets the vmap rule.
+      implementation: the pass's implementation; partitioning is applied to
+        ``"triton"``, ``"interpret"`` and ``"xla"``, anything else only gets
+        the vmap rule.
 
     Returns:
       A function of the same arrays: under vmap, the vmapped axes are folded
@@ -575,7 +576,7 @@ def sharded(fn: Callable, which: str, layout: str, implementation: str) -> Calla
 
     def run(nlead: int, args):
         mesh, free, mode = _free_mesh(args)
-        if mode == "local" or implementation not in _KERNEL_IMPLEMENTATIONS:
+        if mode == "local" or implementation not in _PARTITIONED_IMPLEMENTATIONS:
             return _local_fn(fn, which, layout, nlead, None)(*args)
         if mode == "explicit":
             return _run_explicit(fn, which, layout, nlead, mesh, free, args)

@@ -75,7 +75,7 @@ import triton.language as tl
 from jax import lax
 from triton.runtime.jit import JITFunction
 
-from chill_jax import _launch
+from chill_jax import _launch, _sharding
 from chill_jax.masks import ChillMask
 
 LAYOUTS = ("BTNH", "BNTH")
@@ -844,38 +844,18 @@ def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens):
     return dq, _unblock_keys(dk, geo, static.layout), _unblock_keys(dv, geo, static.layout)
 
 
-def _fold(x: jax.Array, batched: bool, axis_size: int) -> jax.Array:
-    """Merges a leading vmapped axis into the batch axis (broadcasting if unbatched)."""
-    if not batched:
-        x = jnp.broadcast_to(x[None], (axis_size, *x.shape))
-    return x.reshape((axis_size * x.shape[1], *x.shape[2:]))
-
-
-def _unfold(x: jax.Array, axis_size: int) -> jax.Array:
-    return x.reshape((axis_size, x.shape[0] // axis_size, *x.shape[1:]))
-
-
 @functools.lru_cache(maxsize=None)
 def _batched(static: _Static, which: str) -> Callable:
-    """The forward or backward pass of ``static`` with a vmap rule that folds
-    the vmapped axis into the batch axis.
+    """The forward or backward pass of ``static`` with the vmap rule (vmapped
+    axes folded into the batch) and per-device partitioning of
+    :mod:`chill_jax._sharding`.
 
     Under plain vmap the loops' per-example bounds would become batched and
     every iteration would select over the loop-carried state (the whole dQ
     buffer in the backward pass); folding keeps one example per loop step.
     """
     impl = _forward if which == "fwd" else _backward
-
-    @jax.custom_batching.custom_vmap
-    def run(*args):
-        return impl(static, *args)
-
-    @run.def_vmap
-    def rule(axis_size, in_batched, *args):
-        outs = run(*[_fold(a, bat, axis_size) for a, bat in zip(args, in_batched)])
-        return tuple(_unfold(o, axis_size) for o in outs), tuple(True for _ in outs)
-
-    return run
+    return _sharding.sharded(functools.partial(impl, static), which, static.layout, "xla")
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

@@ -86,6 +86,14 @@ CASES = {
     "gqa_replicated_kv_gspmd": dict(kind="auto", mesh=(4,), qspec=(None, None, "x"), kvspec=(), heads=8,
                                     kv_heads=2, gspmd=True),
     # Sequence-sharded: gathered along the sequence, with a warning.
+    "xla_batch_heads_2x2_auto": dict(kind="auto", mesh=(2, 2), qspec=("x", None, "y"), kvspec=("x", None, "y"),
+                                     implementation="xla"),
+    "xla_gqa_heads_explicit": dict(kind="explicit", mesh=(2,), qspec=(None, None, "x"), kvspec=(None, None, "x"),
+                                   kv_heads=2, implementation="xla"),
+    "xla_shard_map_auto": dict(kind="auto", mesh=(2, 2), qspec=("x", None, "y"), kvspec=("x", None, "y"),
+                               mode="shard_map", implementation="xla"),
+    "xla_vmap_batch_sharded_auto": dict(kind="auto", mesh=(4,), qspec=(None, "x"), kvspec=(None, "x"), mode="vmap",
+                                        implementation="xla"),
     "seq_auto": dict(kind="auto", mesh=(4,), qspec=(None, "x"), kvspec=(None, "x"), expect_gather=True),
     "seq_explicit": dict(kind="explicit", mesh=(2, 2), qspec=("x", "y"), kvspec=("x", "y"), expect_gather=True),
     "seq_gspmd": dict(kind="auto", mesh=(4,), qspec=(None, "x"), kvspec=(None, "x"), expect_gather=True, gspmd=True),
@@ -126,7 +134,8 @@ def _worker(names: list[str]) -> None:
 
         def loss(q, k, v, q_lens, kv_lens):
             out, lse = chill_jax.attention(q, k, v, mask, q_lengths=q_lens, kv_lengths=kv_lens,
-                                           return_lse=True, layout=layout, implementation="interpret")
+                                           return_lse=True, layout=layout,
+                                           implementation=case.get("implementation", "interpret"))
             value = jnp.sum(out.astype(jnp.float32) ** 2) + jnp.sum(jnp.where(jnp.isfinite(lse), lse, 0.0) * 0.1)
             return value, (out, lse)
 
@@ -218,7 +227,8 @@ def _worker(names: list[str]) -> None:
     # A shard_map that leaves an automatic axis unmapped: a clear error.
     mesh = jax.make_mesh((2, 2), ("x", "y"), axis_types=(AxisType.Auto,) * 2)
     q = jnp.ones((B, T, N, D), jnp.float32)
-    f = jax.shard_map(lambda q: chill_jax.attention(q, q, q, implementation="interpret"), mesh=mesh, in_specs=P("x"), out_specs=P("x"),
+    f = jax.shard_map(lambda q: chill_jax.attention(q, q, q, implementation="interpret"), mesh=mesh,
+                      in_specs=P("x"), out_specs=P("x"),
                       axis_names={"x"})
     try:
         jax.jit(f).lower(q)
