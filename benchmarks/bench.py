@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 
@@ -124,6 +126,10 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="smoke-test shapes (CPU)")
     parser.add_argument("--long", action="store_true", help="also run B=1,N=8,T=131072,D=128 sliding window")
     args = parser.parse_args()
+    home = os.environ.get("HOME", "")
+    if not os.environ.get("TRITON_CACHE_DIR") and not (home and os.access(home, os.W_OK)):
+        # Triton (FlexAttention's compiler) needs a writable cache directory.
+        os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="triton-cache-")
     out = open(args.out, "w", newline="")
     writer = csv.DictWriter(out, FIELDS)
     writer.writeheader()
