@@ -172,7 +172,7 @@ def _resolve_implementation(implementation: str | None) -> str:
     return implementation
 
 
-def _resolve_precision(precision: Any, dtype) -> str:
+def _resolve_precision(precision: Any) -> str:
     if precision is None:
         return "ieee"
     if isinstance(precision, jax.lax.Precision):
@@ -181,7 +181,7 @@ def _resolve_precision(precision: Any, dtype) -> str:
     if isinstance(precision, str) and precision.lower() in _PRECISIONS:
         return precision.lower()
     if isinstance(precision, str) and precision.upper() in ("DEFAULT", "HIGH", "HIGHEST"):
-        return _resolve_precision(jax.lax.Precision[precision.upper()], dtype)
+        return _resolve_precision(jax.lax.Precision[precision.upper()])
     raise ValueError(f"precision must be None, one of {_PRECISIONS} or a jax.lax.Precision, got {precision!r}")
 
 
@@ -270,13 +270,13 @@ def attention(query, key, value, mask: ChillMask | None = None, *, lengths=None,
     if config is not None and not isinstance(config, AttentionConfig):
         raise TypeError(f"config must be a chill_jax.AttentionConfig, got {type(config).__name__}")
     impl = _resolve_implementation(implementation)
-    prec = _resolve_precision(precision, query.dtype)
+    prec = _resolve_precision(precision)
     q_lens = _lengths("q_lengths" if lengths is None else "lengths", q_lengths, b, t)
     kv_lens = _lengths("kv_lengths" if lengths is None else "lengths", kv_lengths, b, s)
     if impl == "xla":
         blocks = {} if config is None else dict(block_q=config.fwd.block_m, block_k=config.fwd.block_n)
         scale = float(sm_scale)
-        if prescale_qk:  # same rounding as the kernels; autodiff carries the scale to dq
+        if prescale_qk:  # query rounded once to its dtype, as in the kernels; autodiff scales dq
             query, scale = (query * scale).astype(query.dtype), 1.0
         out, lse = _xla.xla_attention(query, key, value, q_lens, kv_lens, mask=mask, sm_scale=scale,
                                       layout=layout, precision=prec, **blocks)
