@@ -8,7 +8,6 @@ import inspect
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from chill_jax import _interpreter

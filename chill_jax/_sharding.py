@@ -613,3 +613,43 @@ def sharded(fn: Callable, which: str, layout: str, implementation: str) -> Calla
         return compiled(*args)
 
     return entry
+
+
+@functools.lru_cache(maxsize=None)
+def _pass(static: Any, which: str) -> Callable:
+    fn = static.forward if which == "fwd" else static.backward
+    return sharded(fn, which, static.layout, static.implementation)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def attention_op(static: Any, q, k, v, q_lens, kv_lens):
+    """Differentiable attention from a pair of per-device passes.
+
+    Args:
+      static: hashable description of the call with ``layout``,
+        ``implementation`` and the unbatched passes ``forward(q, k, v,
+        q_lens, kv_lens) -> (out, lse)`` and ``backward(q, k, v, out, lse,
+        dout, dlse, q_lens, kv_lens) -> (dq, dk, dv)``.
+      q, k, v, q_lens, kv_lens: the arrays.
+
+    Returns:
+      ``(out, lse)``; gradients flow to q, k, v through ``backward`` (no
+      residuals beyond q, k, v, out, lse), with the vmap and multi-device
+      rules of :func:`sharded` on both passes.
+    """
+    return _pass(static, "fwd")(q, k, v, q_lens, kv_lens)
+
+
+def _attention_op_fwd(static, q, k, v, q_lens, kv_lens):
+    out, lse = _pass(static, "fwd")(q, k, v, q_lens, kv_lens)
+    return (out, lse), (q, k, v, out, lse, q_lens, kv_lens)
+
+
+def _attention_op_bwd(static, residuals, cotangents):
+    q, k, v, out, lse, q_lens, kv_lens = residuals
+    dout, dlse = cotangents
+    dq, dk, dv = _pass(static, "bwd")(q, k, v, out, lse, dout, dlse, q_lens, kv_lens)
+    return dq, dk, dv, None, None
+
+
+attention_op.defvjp(_attention_op_fwd, _attention_op_bwd)

@@ -578,6 +578,17 @@ class _Static:
     block_k: int
     precision: Any
 
+    # Folding vmapped axes into the batch (the rule of ``_sharding.sharded``)
+    # matters here: under plain vmap the loops' per-example bounds would be
+    # batched and every iteration would select over the loop-carried state.
+    implementation = "xla"
+
+    def forward(self, q, k, v, q_lens, kv_lens):
+        return _forward(self, q, k, v, q_lens, kv_lens)
+
+    def backward(self, q, k, v, out, lse, dout, dlse, q_lens, kv_lens):
+        return _backward(self, q, k, v, out, lse, dout, dlse, q_lens, kv_lens)
+
 
 @dataclasses.dataclass(frozen=True)
 class _Geo:
@@ -844,40 +855,6 @@ def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens):
     return dq, _unblock_keys(dk, geo, static.layout), _unblock_keys(dv, geo, static.layout)
 
 
-@functools.lru_cache(maxsize=None)
-def _batched(static: _Static, which: str) -> Callable:
-    """The forward or backward pass of ``static`` with the vmap rule (vmapped
-    axes folded into the batch) and per-device partitioning of
-    :mod:`chill_jax._sharding`.
-
-    Under plain vmap the loops' per-example bounds would become batched and
-    every iteration would select over the loop-carried state (the whole dQ
-    buffer in the backward pass); folding keeps one example per loop step.
-    """
-    impl = _forward if which == "fwd" else _backward
-    return _sharding.sharded(functools.partial(impl, static), which, static.layout, "xla")
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attention(static: _Static, q, k, v, q_lens, kv_lens):
-    return _batched(static, "fwd")(q, k, v, q_lens, kv_lens)
-
-
-def _attention_fwd(static: _Static, q, k, v, q_lens, kv_lens):
-    out, lse = _batched(static, "fwd")(q, k, v, q_lens, kv_lens)
-    return (out, lse), (q, k, v, out, lse, q_lens, kv_lens)
-
-
-def _attention_bwd(static: _Static, residuals, cotangents):
-    q, k, v, out, lse, q_lens, kv_lens = residuals
-    dout, dlse = cotangents
-    dq, dk, dv = _batched(static, "bwd")(q, k, v, out, lse, dout, dlse, q_lens, kv_lens)
-    return dq, dk, dv, None, None
-
-
-_attention.defvjp(_attention_fwd, _attention_bwd)
-
-
 _PRECISIONS = {
     None: lax.Precision.HIGHEST, "ieee": lax.Precision.HIGHEST, "tf32x3": lax.Precision.HIGH,
     "tf32": lax.Precision.DEFAULT,
@@ -951,4 +928,4 @@ def xla_attention(q, k, v, q_lens=None, kv_lens=None, *, mask: ChillMask, sm_sca
         if lens.shape != (geo.b,) or not jnp.issubdtype(lens.dtype, jnp.integer):
             raise ValueError(f"{name} must be an integer array of shape ({geo.b},), got {lens.dtype}{lens.shape}")
     q_lens, kv_lens = _clamped_lengths(q_lens, kv_lens, geo)
-    return _attention(static, q, k, v, q_lens, kv_lens)
+    return _sharding.attention_op(static, q, k, v, q_lens, kv_lens)

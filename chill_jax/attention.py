@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import numbers
 from typing import Any
@@ -36,6 +35,12 @@ class _Static:
     config: AttentionConfig
     precision: str
     prescale_qk: bool = False
+
+    def forward(self, q, k, v, q_lens, kv_lens):
+        return _forward(self, q, k, v, q_lens, kv_lens)
+
+    def backward(self, q, k, v, out, lse, dout, dlse, q_lens, kv_lens):
+        return _backward(self, q, k, v, out, lse, dout, dlse, q_lens, kv_lens)
 
 
 def _dims(x_shape: tuple[int, ...], layout: str) -> tuple[int, int, int, int]:
@@ -109,34 +114,6 @@ def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens):
         constexprs=dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **spec.constexprs()),
         config=cfg, implementation=static.implementation)
     return dq, dk, dv
-
-
-@functools.lru_cache(maxsize=None)
-def _batched(static: _Static, which: str):
-    """The forward or backward pass for ``static`` with its vmap rule (vmapped
-    axes folded into the batch) and multi-device rules: see ``_sharding``."""
-    impl = _forward if which == "fwd" else _backward
-    return _sharding.sharded(functools.partial(impl, static), which, static.layout, static.implementation)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attention(static: _Static, q, k, v, q_lens, kv_lens):
-    return _batched(static, "fwd")(q, k, v, q_lens, kv_lens)
-
-
-def _attention_fwd(static: _Static, q, k, v, q_lens, kv_lens):
-    out, lse = _batched(static, "fwd")(q, k, v, q_lens, kv_lens)
-    return (out, lse), (q, k, v, out, lse, q_lens, kv_lens)
-
-
-def _attention_bwd(static: _Static, residuals, cotangents):
-    q, k, v, out, lse, q_lens, kv_lens = residuals
-    dout, dlse = cotangents
-    dq, dk, dv = _batched(static, "bwd")(q, k, v, out, lse, dout, dlse, q_lens, kv_lens)
-    return dq, dk, dv, None, None
-
-
-_attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 def _check_array(name: str, x: Any) -> None:
@@ -286,5 +263,5 @@ def attention(query, key, value, mask: ChillMask | None = None, *, lengths=None,
         config = default_config(impl, block_d, jnp.dtype(query.dtype).itemsize)
     static = _Static(mask=mask, sm_scale=float(sm_scale), layout=layout, implementation=impl,
                      config=config, precision=prec, prescale_qk=prescale_qk)
-    out, lse = _attention(static, query, key, value, q_lens, kv_lens)
+    out, lse = _sharding.attention_op(static, query, key, value, q_lens, kv_lens)
     return (out, lse) if return_lse else out
