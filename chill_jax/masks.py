@@ -51,7 +51,8 @@ def _plain(fn: Any) -> Callable:
     """The Python function behind a static method or a jitted function."""
     if isinstance(fn, staticmethod):
         fn = fn.__func__
-    if isinstance(fn, JITFunction) or hasattr(fn, "fn") and inspect.isfunction(getattr(fn, "fn")):
+    # JITFunction, or the interpreter's InterpretedFunction: both wrap ``.fn``.
+    if isinstance(fn, JITFunction) or inspect.isfunction(getattr(fn, "fn", None)):
         fn = fn.fn
     return fn
 

@@ -1,9 +1,13 @@
 """Compiles kernels for sm_90 on the host with Triton's own compiler (no GPU)."""
 
+import inspect
+
 import numpy as np
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+
+from chill_jax.masks import compiled
 
 _TYPES = {np.dtype(np.float32): "fp32", np.dtype(np.float16): "fp16", np.dtype(np.int32): "i32", np.dtype(np.int8): "i8"}
 
@@ -21,9 +25,6 @@ def _type_of(x):
 
 def compile_sm90(kernel, args, out_dtypes, constexprs, num_warps=4, num_stages=2):
     """Compiles like jax-triton does: arrays are pointers, scalars runtime."""
-    from chill_jax.masks import compiled
-    import inspect
-
     sig = {}
     names = kernel.arg_names
     types = [_type_of(a) for a in args] + ["*" + t for t in out_dtypes]
