@@ -34,7 +34,8 @@ def main(path: str) -> int:
         ratio = f"{mine / max(peer):.2f}x" if peer and mine else "–"
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(vals.get(i, "–") or "–" for i in impls)
                      + f" | {ratio} |")
-        labels.append(f"{key[0].replace('_', ' ', 1).replace('_', ',')}\n{key[2]}")
+        name = key[0].replace("_", "\n", 1).replace("_", ",")
+        labels.append(f"{name}\n{key[2]}")
         ours.append(mine or 0.0)
         best.append(max(peer) if peer else 0.0)
     out = Path(path).with_suffix("")
