@@ -15,6 +15,7 @@ import triton
 from chill_jax import _launch, _sharding, _xla
 from chill_jax.configs import AttentionConfig, default_config
 from chill_jax.kernels import attn_bwd_dkdv, attn_bwd_dq, attn_bwd_preprocess, attn_fwd
+from chill_jax.kernels import MAX_MASK_ARRAYS
 from chill_jax.masks import ChillMask, FullChillMask
 
 LAYOUTS = ("BTNH", "BNTH")
@@ -71,6 +72,11 @@ def _geometry(static: _Static, q, k, v) -> dict[str, Any]:
         PRECISION=static.precision, PRESCALE=static.prescale_qk)
 
 
+def _mask_arrays() -> list:
+    """The kernels' mask-array operands ``M0 .. M3``."""
+    return [jnp.zeros((1,), jnp.int32) for _ in range(MAX_MASK_ARRAYS)]
+
+
 def _forward(static: _Static, q, k, v, q_lens, kv_lens):
     geo = _geometry(static, q, k, v)
     b, t, n = q.shape[0], geo["Q_LEN"], geo["NUM_HEADS"]
@@ -78,7 +84,7 @@ def _forward(static: _Static, q, k, v, q_lens, kv_lens):
     spec = static.mask.spec(cfg.block_m, cfg.block_n, geo["KV_LEN"])
     out, lse = _launch.launch(
         attn_fwd, grid=(triton.cdiv(t, cfg.block_m), b * n),
-        args=[q, k, v, q_lens, kv_lens, static.sm_scale],
+        args=[q, k, v, q_lens, kv_lens, *_mask_arrays(), static.sm_scale],
         out_shapes=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, n, t), jnp.float32)],
         constexprs=dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **spec.constexprs()),
         config=cfg, implementation=static.implementation)
@@ -97,7 +103,8 @@ def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens):
         constexprs=dict(SOB=geo["SQB"], SOT=geo["SQT"], SOH=geo["SQH"], NUM_HEADS=n, Q_LEN=t,
                         HEAD_DIM=geo["HEAD_DIM"], BLOCK_D=geo["BLOCK_D"], BLOCK_M=pre.block_m),
         config=pre, implementation=static.implementation)
-    common = [q, k, v, dout.astype(q.dtype), lse, delta, q_lens, kv_lens, static.sm_scale]
+    common = [q, k, v, dout.astype(q.dtype), lse, delta, q_lens, kv_lens, *_mask_arrays(),
+              static.sm_scale]
     cfg = static.config.bwd_dkdv
     spec = static.mask.spec(cfg.block_m, cfg.block_n, s)
     dk, dv = _launch.launch(

@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 from triton.runtime.jit import JITFunction
 
-from chill_jax.kernels import MAX_MASK_ARGS, PACKERS
+from chill_jax.kernels import ARRAY_PACKERS, MAX_MASK_ARGS, MAX_MASK_ARRAYS, PACKERS
 from chill_jax.kernels import mask_eval
 
 _REQUIRED = ("mask", "k_range_for_q", "q_range_for_k")
@@ -75,6 +75,7 @@ class MaskSpec:
     q_continuous: bool
     full_fn: Callable | None
     args: tuple
+    array_batch_strides: tuple = ()
 
     def constexprs(self, *, backward_q_ranges: bool = False) -> dict[str, Any]:
         """Kernel constexpr parameters (plain functions; launchers convert)."""
@@ -88,8 +89,8 @@ class MaskSpec:
             out.update(Q_RANGE_FN=self.q_range_fn, Q_CONTINUOUS=self.q_continuous)
         else:
             out.update(K_RANGE_FN=self.k_range_fn, K_CONTINUOUS=self.k_continuous)
-        for i in range(MAX_MASK_ARGS):
-            out[f"A{i}"] = self.args[i] if i < len(self.args) else None
+        out.update(_arg_constexprs(self.args))
+        out.update(_array_constexprs(self.array_batch_strides))
         return out
 
 
@@ -184,10 +185,10 @@ class ChillMask:
         (out,) = _run_eval(
             mask_eval.eval_dense_mask,
             (triton.cdiv(q_len, block), triton.cdiv(kv_len, block)),
-            [seq_len], [((q_len, kv_len), np.int8)],
+            [seq_len, 0, *unused_array_slots(MAX_MASK_ARRAYS)], [((q_len, kv_len), np.int8)],
             dict(Q_LEN=q_len, KV_LEN=kv_len, BLOCK=block, MASK_FN=spec.mask_fn,
                  MASK_TAKES_LEN=spec.mask_takes_len, PACK=PACKERS[len(spec.args)],
-                 **_arg_constexprs(spec.args)))
+                 **_arg_constexprs(spec.args), **_array_constexprs(())))
         return out.astype(bool)
 
     def ranges(self, q_len: int, kv_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -196,11 +197,12 @@ class ChillMask:
         q_len, kv_len = _check_sizes(q_len, kv_len, "ranges")
         spec = self.spec()
         return tuple(_run_eval(
-            mask_eval.eval_ranges, (max(q_len, kv_len),), [q_len, kv_len],
+            mask_eval.eval_ranges, (max(q_len, kv_len),),
+            [q_len, kv_len, 0, *unused_array_slots(MAX_MASK_ARRAYS)],
             [((q_len, 2), np.int32), ((kv_len, 2), np.int32)],
             dict(Q_LEN=q_len, KV_LEN=kv_len, K_RANGE_FN=spec.k_range_fn,
                  Q_RANGE_FN=spec.q_range_fn, PACK=PACKERS[len(spec.args)],
-                 **_arg_constexprs(spec.args))))
+                 **_arg_constexprs(spec.args), **_array_constexprs(()))))
 
     def full_blocks(self, q_len: int, kv_len: int | None, q_tile: int, k_tile: int) -> np.ndarray:
         """Bool ``[cdiv(q_len, q_tile), cdiv(kv_len, k_tile)]`` of full-block claims."""
@@ -210,9 +212,11 @@ class ChillMask:
         if spec.full_fn is None:
             return np.zeros(shape, bool)
         (out,) = _run_eval(
-            mask_eval.eval_full_blocks, shape, [kv_len], [(shape, np.int8)],
+            mask_eval.eval_full_blocks, shape, [kv_len, 0, *unused_array_slots(MAX_MASK_ARRAYS)],
+            [(shape, np.int8)],
             dict(N_Q_TILES=shape[0], N_K_TILES=shape[1], BLOCK_Q=q_tile, BLOCK_K=k_tile,
-                 FULL_FN=spec.full_fn, PACK=PACKERS[len(spec.args)], **_arg_constexprs(spec.args)))
+                 FULL_FN=spec.full_fn, PACK=PACKERS[len(spec.args)], **_arg_constexprs(spec.args),
+                 **_array_constexprs(())))
         return out.astype(bool)
 
     def verify(self, q_len: int, kv_len: int | None = None) -> None:
@@ -274,6 +278,19 @@ def _check_sizes(q_len: Any, kv_len: Any, where: str) -> tuple[int, int]:
 
 def _arg_constexprs(args: tuple) -> dict[str, Any]:
     return {f"A{i}": args[i] if i < len(args) else None for i in range(MAX_MASK_ARGS)}
+
+
+def _array_constexprs(batch_strides: tuple) -> dict[str, Any]:
+    """``PACK_ARRAYS`` and the batch strides ``MS0 .. MS3`` (0 for unused slots)."""
+    out = {"PACK_ARRAYS": ARRAY_PACKERS[len(batch_strides)]}
+    for i in range(MAX_MASK_ARRAYS):
+        out[f"MS{i}"] = int(batch_strides[i]) if i < len(batch_strides) else 0
+    return out
+
+
+def unused_array_slots(n: int) -> list[np.ndarray]:
+    """Placeholders for the kernels' array slots a mask does not use."""
+    return [np.zeros((1,), np.int32) for _ in range(n)]
 
 
 def _run_eval(kernel, grid, args, out_shapes, constexprs):

@@ -3,10 +3,12 @@
 
 from .backward import attn_bwd_dkdv, attn_bwd_dq, attn_bwd_preprocess
 from .forward import attn_fwd
-from .tiles import MAX_MASK_ARGS, PACKERS
+from .tiles import ARRAY_PACKERS, MAX_MASK_ARGS, MAX_MASK_ARRAYS, PACKERS
 
 __all__ = [
+    "ARRAY_PACKERS",
     "MAX_MASK_ARGS",
+    "MAX_MASK_ARRAYS",
     "PACKERS",
     "attn_bwd_dkdv",
     "attn_bwd_dq",

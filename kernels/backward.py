@@ -9,7 +9,7 @@ group (GQA) inside the program.
 import triton
 import triton.language as tl
 
-from .tiles import apply_mask, tile_loop_bounds
+from .tiles import apply_mask, mask_args, tile_loop_bounds
 
 
 @triton.jit
@@ -53,7 +53,7 @@ def _load_row_stats(Lse, Delta, row, offs_m, q_len):
 
 @triton.jit
 def attn_bwd_dkdv(
-    Q, K, V, DOut, Lse, Delta, QLens, KVLens, sm_scale,
+    Q, K, V, DOut, Lse, Delta, QLens, KVLens, M0, M1, M2, M3, sm_scale,
     DK, DV,
     SQB: tl.constexpr, SQT: tl.constexpr, SQH: tl.constexpr,
     SKB: tl.constexpr, SKT: tl.constexpr, SKH: tl.constexpr,
@@ -70,13 +70,14 @@ def attn_bwd_dkdv(
     A4: tl.constexpr, A5: tl.constexpr, A6: tl.constexpr, A7: tl.constexpr,
     A8: tl.constexpr, A9: tl.constexpr, A10: tl.constexpr, A11: tl.constexpr,
     A12: tl.constexpr, A13: tl.constexpr, A14: tl.constexpr, A15: tl.constexpr,
+    PACK_ARRAYS: tl.constexpr,
+    MS0: tl.constexpr, MS1: tl.constexpr, MS2: tl.constexpr, MS3: tl.constexpr,
 ):
     """One program computes dK, dV of one key tile of one (batch, kv head).
 
     DK/DV have the layout of K/V (strides ``SK*``/``SV*``). DOut shares the
     query layout. Grid: ``(cdiv(KV_LEN, BLOCK_N), B * (NUM_HEADS // GROUP))``.
     """
-    ARGS = PACK(A0, A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12, A13, A14, A15)
     KV_HEADS: tl.constexpr = NUM_HEADS // GROUP
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -84,6 +85,8 @@ def attn_bwd_dkdv(
     kvh = pid_bh % KV_HEADS
     q_len = tl.minimum(tl.maximum(tl.load(QLens + b), 0), Q_LEN)
     kv_len = tl.minimum(tl.maximum(tl.load(KVLens + b), 0), KV_LEN)
+    ARGS = mask_args(b, PACK, A0, A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12, A13,
+                     A14, A15, PACK_ARRAYS, M0, M1, M2, M3, MS0, MS1, MS2, MS3)
 
     start_n = pid_n * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -141,7 +144,7 @@ def attn_bwd_dkdv(
 
 @triton.jit
 def attn_bwd_dq(
-    Q, K, V, DOut, Lse, Delta, QLens, KVLens, sm_scale,
+    Q, K, V, DOut, Lse, Delta, QLens, KVLens, M0, M1, M2, M3, sm_scale,
     DQ,
     SQB: tl.constexpr, SQT: tl.constexpr, SQH: tl.constexpr,
     SKB: tl.constexpr, SKT: tl.constexpr, SKH: tl.constexpr,
@@ -158,12 +161,13 @@ def attn_bwd_dq(
     A4: tl.constexpr, A5: tl.constexpr, A6: tl.constexpr, A7: tl.constexpr,
     A8: tl.constexpr, A9: tl.constexpr, A10: tl.constexpr, A11: tl.constexpr,
     A12: tl.constexpr, A13: tl.constexpr, A14: tl.constexpr, A15: tl.constexpr,
+    PACK_ARRAYS: tl.constexpr,
+    MS0: tl.constexpr, MS1: tl.constexpr, MS2: tl.constexpr, MS3: tl.constexpr,
 ):
     """One program computes dQ of one query tile of one (batch, head).
 
     DQ has the layout of Q. Grid: ``(cdiv(Q_LEN, BLOCK_M), B * NUM_HEADS)``.
     """
-    ARGS = PACK(A0, A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12, A13, A14, A15)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // NUM_HEADS
@@ -171,6 +175,8 @@ def attn_bwd_dq(
     kvh = h // GROUP
     q_len = tl.minimum(tl.maximum(tl.load(QLens + b), 0), Q_LEN)
     kv_len = tl.minimum(tl.maximum(tl.load(KVLens + b), 0), KV_LEN)
+    ARGS = mask_args(b, PACK, A0, A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12, A13,
+                     A14, A15, PACK_ARRAYS, M0, M1, M2, M3, MS0, MS1, MS2, MS3)
 
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)

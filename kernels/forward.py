@@ -4,13 +4,13 @@
 import triton
 import triton.language as tl
 
-from .tiles import apply_mask, tile_loop_bounds
+from .tiles import apply_mask, mask_args, tile_loop_bounds
 
 
 
 @triton.jit
 def attn_fwd(
-    Q, K, V, QLens, KVLens, sm_scale,
+    Q, K, V, QLens, KVLens, M0, M1, M2, M3, sm_scale,
     Out, Lse,
     # Strides (elements) of q/out, k and v: batch, sequence, head. The head
     # dimension is contiguous.
@@ -29,6 +29,8 @@ def attn_fwd(
     A4: tl.constexpr, A5: tl.constexpr, A6: tl.constexpr, A7: tl.constexpr,
     A8: tl.constexpr, A9: tl.constexpr, A10: tl.constexpr, A11: tl.constexpr,
     A12: tl.constexpr, A13: tl.constexpr, A14: tl.constexpr, A15: tl.constexpr,
+    PACK_ARRAYS: tl.constexpr,
+    MS0: tl.constexpr, MS1: tl.constexpr, MS2: tl.constexpr, MS3: tl.constexpr,
 ):
     """One program computes one query tile of one (batch, head).
 
@@ -38,7 +40,6 @@ def attn_fwd(
     no allowed key or at/after the query length). Grid:
     ``(cdiv(Q_LEN, BLOCK_M), B * N)``.
     """
-    ARGS = PACK(A0, A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12, A13, A14, A15)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // NUM_HEADS
@@ -46,6 +47,8 @@ def attn_fwd(
     kvh = h // GROUP
     q_len = tl.minimum(tl.maximum(tl.load(QLens + b), 0), Q_LEN)
     kv_len = tl.minimum(tl.maximum(tl.load(KVLens + b), 0), KV_LEN)
+    ARGS = mask_args(b, PACK, A0, A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12, A13,
+                     A14, A15, PACK_ARRAYS, M0, M1, M2, M3, MS0, MS1, MS2, MS3)
 
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)

@@ -2,16 +2,21 @@
 """Tile-range helpers shared by the forward and backward kernels.
 
 A mask reaches the kernels as constexpr ``@triton.jit`` functions plus up to
-``MAX_MASK_ARGS`` constexpr constants ``A0 .. A15``. Triton cannot unpack a
+``MAX_MASK_ARGS`` constexpr constants ``A0 .. A15`` and up to
+``MAX_MASK_ARRAYS`` runtime arrays ``M0 .. M3``. Triton cannot unpack a
 constexpr tuple, so the kernels rebuild the mask's ``args`` tuple with the
-``pack{n}`` helper of the mask's arity (``PACKERS[n]``) and hand that tuple to
-the mask's methods, which unpack it as ordinary Triton code.
+``pack{n}`` helper of the mask's arity (``PACKERS[n]``), append the array
+pointers (each already offset to the program's batch element) with
+``pack_arrays{m}`` (``ARRAY_PACKERS[m]``), and hand that tuple to the mask's
+methods, which unpack it as ordinary Triton code: constants first, then
+arrays.
 """
 
 import triton
 import triton.language as tl
 
 MAX_MASK_ARGS = 16
+MAX_MASK_ARRAYS = 4
 
 
 @triton.jit
@@ -101,6 +106,54 @@ def pack16(a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15)
 
 PACKERS = (pack0, pack1, pack2, pack3, pack4, pack5, pack6, pack7, pack8, pack9,
            pack10, pack11, pack12, pack13, pack14, pack15, pack16)
+
+
+@triton.jit
+def pack_arrays0(m0, m1, m2, m3):
+    return ()
+
+
+@triton.jit
+def pack_arrays1(m0, m1, m2, m3):
+    return (m0,)
+
+
+@triton.jit
+def pack_arrays2(m0, m1, m2, m3):
+    return (m0, m1)
+
+
+@triton.jit
+def pack_arrays3(m0, m1, m2, m3):
+    return (m0, m1, m2)
+
+
+@triton.jit
+def pack_arrays4(m0, m1, m2, m3):
+    return (m0, m1, m2, m3)
+
+
+ARRAY_PACKERS = (pack_arrays0, pack_arrays1, pack_arrays2, pack_arrays3, pack_arrays4)
+
+
+@triton.jit
+def mask_args(b, PACK: tl.constexpr, A0: tl.constexpr, A1: tl.constexpr,
+              A2: tl.constexpr, A3: tl.constexpr, A4: tl.constexpr,
+              A5: tl.constexpr, A6: tl.constexpr, A7: tl.constexpr,
+              A8: tl.constexpr, A9: tl.constexpr, A10: tl.constexpr,
+              A11: tl.constexpr, A12: tl.constexpr, A13: tl.constexpr,
+              A14: tl.constexpr, A15: tl.constexpr, PACK_ARRAYS: tl.constexpr,
+              M0, M1, M2, M3, MS0: tl.constexpr, MS1: tl.constexpr,
+              MS2: tl.constexpr, MS3: tl.constexpr):
+    """The mask's ``args`` tuple for batch element ``b``.
+
+    ``MS0 .. MS3`` are the arrays' batch strides in elements (0 for an array
+    shared by every example); unused array slots are never dereferenced.
+    """
+    consts = PACK(A0, A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12, A13, A14, A15)
+    bb = b.to(tl.int64)
+    arrays = PACK_ARRAYS(M0 + bb * MS0, M1 + bb * MS1, M2 + bb * MS2, M3 + bb * MS3)
+    return consts + arrays
 
 
 @triton.jit
