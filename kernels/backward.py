@@ -9,7 +9,7 @@ group (GQA) inside the program.
 import triton
 import triton.language as tl
 
-from .tiles import apply_mask, mask_args, tile_loop_bounds
+from .tiles import full_tile_span, mask_args, mask_tile, tile_loop_bounds
 
 
 @triton.jit
@@ -42,13 +42,58 @@ def attn_bwd_preprocess(
 
 
 @triton.jit
-def _load_row_stats(Lse, Delta, row, offs_m, q_len):
-    """Log2-domain lse (``+inf`` where the row has no key) and delta."""
-    m_ok = offs_m < q_len
-    lse = tl.load(Lse + row, mask=m_ok, other=float("-inf"))
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-    delta = tl.load(Delta + row, mask=m_ok, other=0.0)
-    return lse2, delta
+def _dkdv_tiles(dk, dv, k, v, q_base, do_base, stat_base, Lse, Delta, lo, hi, offs_n,
+                q_len, kv_len, qk_scale, SQT: tl.constexpr, HEAD_DIM: tl.constexpr,
+                BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, PRECISION: tl.constexpr,
+                PRESCALE: tl.constexpr, MASKED: tl.constexpr, MASK_FN: tl.constexpr,
+                MASK_TAKES_LEN: tl.constexpr, ARGS):
+    """Accumulates dK, dV of one key tile over query tiles ``lo, lo + BLOCK_M, ... < hi``.
+
+    With ``MASKED`` every tile evaluates the mask and both lengths; otherwise
+    the tiles are known to be fully allowed and inside both lengths.
+
+    Returns:
+      The updated ``(dk, dv)``, float32 ``[BLOCK_N, BLOCK_D]``.
+    """
+    offs_m0 = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + offs_m0
+        q_ptrs = q_base + offs_m[:, None] * SQT + offs_d[None, :]
+        do_ptrs = do_base + offs_m[:, None] * SQT + offs_d[None, :]
+        rows = stat_base + offs_m
+        if MASKED:
+            m_ok = offs_m < q_len
+            q_mask = m_ok[:, None] & d_ok[None, :]
+            q = tl.load(q_ptrs, mask=q_mask, other=0.0)
+            do = tl.load(do_ptrs, mask=q_mask, other=0.0)
+            lse = tl.load(Lse + rows, mask=m_ok, other=float("-inf"))
+            # Rows with no allowed key (lse = -inf) get p = 0.
+            lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+            delta = tl.load(Delta + rows, mask=m_ok, other=0.0)
+        else:
+            if HEAD_DIM == BLOCK_D:
+                q = tl.load(q_ptrs)
+                do = tl.load(do_ptrs)
+            else:
+                q = tl.load(q_ptrs, mask=d_ok[None, :], other=0.0)
+                do = tl.load(do_ptrs, mask=d_ok[None, :], other=0.0)
+            # Every row of a full tile has an allowed key: lse is finite.
+            lse2 = tl.load(Lse + rows) * 1.4426950408889634
+            delta = tl.load(Delta + rows)
+        if PRESCALE:
+            qkt = tl.dot(k, tl.trans((q * qk_scale).to(q.dtype)), input_precision=PRECISION)
+        else:
+            qkt = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
+        pt = tl.math.exp2(qkt - lse2[None, :])
+        if MASKED:
+            pt = mask_tile(pt, 0.0, offs_m, offs_n, kv_len, MASK_FN, MASK_TAKES_LEN, True, ARGS)
+        dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
+        dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+        dst = pt * (dpt - delta[None, :])
+        dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
+    return dk, dv
 
 
 @triton.jit
@@ -77,6 +122,7 @@ def attn_bwd_dkdv(
 
     DK/DV have the layout of K/V (strides ``SK*``/``SV*``). DOut shares the
     query layout. Grid: ``(cdiv(KV_LEN, BLOCK_N), B * (NUM_HEADS // GROUP))``.
+    Query tiles are visited in three runs as in the forward kernel.
     """
     KV_HEADS: tl.constexpr = NUM_HEADS // GROUP
     pid_n = tl.program_id(0)
@@ -90,7 +136,6 @@ def attn_bwd_dkdv(
 
     start_n = pid_n * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     n_ok = offs_n < kv_len
@@ -108,31 +153,29 @@ def attn_bwd_dkdv(
         count = tl.minimum(kv_len - start_n, BLOCK_N)
         first, end = tile_loop_bounds(start_n, count, q_len, Q_RANGE_FN,
                                       Q_CONTINUOUS, BLOCK_N, ARGS, BLOCK_M)
+        if start_n + BLOCK_N <= kv_len:
+            full_lo, full_hi = full_tile_span(start_n, first, end, q_len, kv_len, FULL_FN,
+                                              False, BLOCK_M, BLOCK_N, ARGS)
+        else:
+            full_lo = end
+            full_hi = end
         for g in range(GROUP):
             h = kvh * GROUP + g
             q_base = Q + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH
             do_base = DOut + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH
             stat_base = (b * NUM_HEADS + h).to(tl.int64) * Q_LEN
-            for start_m in range(first, end, BLOCK_M):
-                offs_m = start_m + offs_m0
-                q_mask = (offs_m[:, None] < q_len) & d_ok[None, :]
-                q = tl.load(q_base + offs_m[:, None] * SQT + offs_d[None, :], mask=q_mask, other=0.0)
-                do = tl.load(do_base + offs_m[:, None] * SQT + offs_d[None, :], mask=q_mask, other=0.0)
-                lse2, delta = _load_row_stats(Lse, Delta, stat_base + offs_m, offs_m, q_len)
-                if PRESCALE:
-                    qkt = tl.dot(k, tl.trans((q * qk_scale).to(q.dtype)), input_precision=PRECISION)
-                else:
-                    qkt = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
-                pt = tl.math.exp2(qkt - lse2[None, :])
-                pt = apply_mask(pt, 0.0, offs_m, offs_n, start_m, start_n, kv_len,
-                                MASK_FN, MASK_TAKES_LEN, FULL_FN, BLOCK_M, BLOCK_N,
-                                True, ARGS)
-                if start_n + BLOCK_N > kv_len:
-                    pt = tl.where(n_ok[:, None], pt, 0.0)
-                dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
-                dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
-                dst = pt * (dpt - delta[None, :])
-                dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, stat_base, Lse, Delta, first,
+                                 full_lo, offs_n, q_len, kv_len, qk_scale, SQT, HEAD_DIM,
+                                 BLOCK_D, BLOCK_M, PRECISION, PRESCALE, True, MASK_FN,
+                                 MASK_TAKES_LEN, ARGS)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, stat_base, Lse, Delta, full_lo,
+                                 full_hi, offs_n, q_len, kv_len, qk_scale, SQT, HEAD_DIM,
+                                 BLOCK_D, BLOCK_M, PRECISION, PRESCALE, False, MASK_FN,
+                                 MASK_TAKES_LEN, ARGS)
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, stat_base, Lse, Delta, full_hi,
+                                 end, offs_n, q_len, kv_len, qk_scale, SQT, HEAD_DIM,
+                                 BLOCK_D, BLOCK_M, PRECISION, PRESCALE, True, MASK_FN,
+                                 MASK_TAKES_LEN, ARGS)
 
     dk = dk * sm_scale
     st_mask = (offs_n[:, None] < KV_LEN) & d_ok[None, :]
@@ -140,6 +183,47 @@ def attn_bwd_dkdv(
     dv_base = DV + b.to(tl.int64) * SVB + kvh.to(tl.int64) * SVH
     tl.store(dk_base + offs_n[:, None] * SKT + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=st_mask)
     tl.store(dv_base + offs_n[:, None] * SVT + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=st_mask)
+
+
+@triton.jit
+def _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, lo, hi, offs_m, kv_len, qk_scale,
+              SKT: tl.constexpr, SVT: tl.constexpr, HEAD_DIM: tl.constexpr,
+              BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+              PRESCALE: tl.constexpr, MASKED: tl.constexpr, MASK_FN: tl.constexpr,
+              MASK_TAKES_LEN: tl.constexpr, ARGS):
+    """Accumulates dQ of one query tile over key tiles ``lo, lo + BLOCK_N, ... < hi``.
+
+    Returns:
+      The updated ``dq``, float32 ``[BLOCK_M, BLOCK_D]``.
+    """
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        kt_ptrs = k_base + offs_n[None, :] * SKT + offs_d[:, None]
+        vt_ptrs = v_base + offs_n[None, :] * SVT + offs_d[:, None]
+        if MASKED:
+            t_mask = (offs_n < kv_len)[None, :] & d_ok[:, None]
+            kt = tl.load(kt_ptrs, mask=t_mask, other=0.0)
+            vt = tl.load(vt_ptrs, mask=t_mask, other=0.0)
+        elif HEAD_DIM == BLOCK_D:
+            kt = tl.load(kt_ptrs)
+            vt = tl.load(vt_ptrs)
+        else:
+            kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
+            vt = tl.load(vt_ptrs, mask=d_ok[:, None], other=0.0)
+        if PRESCALE:
+            qk = tl.dot(q_dot, kt, input_precision=PRECISION)
+        else:
+            qk = tl.dot(q_dot, kt, input_precision=PRECISION) * qk_scale
+        p = tl.math.exp2(qk - lse2[:, None])
+        if MASKED:
+            p = mask_tile(p, 0.0, offs_m, offs_n, kv_len, MASK_FN, MASK_TAKES_LEN, False, ARGS)
+        dp = tl.dot(do, vt, input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=PRECISION)
+    return dq
 
 
 @triton.jit
@@ -167,6 +251,7 @@ def attn_bwd_dq(
     """One program computes dQ of one query tile of one (batch, head).
 
     DQ has the layout of Q. Grid: ``(cdiv(Q_LEN, BLOCK_M), B * NUM_HEADS)``.
+    Key tiles are visited in three runs as in the forward kernel.
     """
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -180,7 +265,6 @@ def attn_bwd_dq(
 
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     q_base = Q + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH
@@ -191,10 +275,15 @@ def attn_bwd_dq(
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     qk_scale = sm_scale * 1.4426950408889634
     if start_m < q_len:
-        q_mask = (offs_m[:, None] < q_len) & d_ok[None, :]
+        m_ok = offs_m < q_len
+        q_mask = m_ok[:, None] & d_ok[None, :]
         q = tl.load(q_base + offs_m[:, None] * SQT + offs_d[None, :], mask=q_mask, other=0.0)
         do = tl.load(do_base + offs_m[:, None] * SQT + offs_d[None, :], mask=q_mask, other=0.0)
-        lse2, delta = _load_row_stats(Lse, Delta, pid_bh.to(tl.int64) * Q_LEN + offs_m, offs_m, q_len)
+        rows = pid_bh.to(tl.int64) * Q_LEN + offs_m
+        lse = tl.load(Lse + rows, mask=m_ok, other=float("-inf"))
+        # Rows with no allowed key (lse = -inf) get p = 0, even in full tiles.
+        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+        delta = tl.load(Delta + rows, mask=m_ok, other=0.0)
         if PRESCALE:
             q_dot = (q * qk_scale).to(q.dtype)
         else:
@@ -202,25 +291,17 @@ def attn_bwd_dq(
         count = tl.minimum(q_len - start_m, BLOCK_M)
         first, end = tile_loop_bounds(start_m, count, kv_len, K_RANGE_FN,
                                       K_CONTINUOUS, BLOCK_M, ARGS, BLOCK_N)
-        for start_n in range(first, end, BLOCK_N):
-            offs_n = start_n + offs_n0
-            n_ok = offs_n < kv_len
-            t_mask = n_ok[None, :] & d_ok[:, None]
-            kt = tl.load(k_base + offs_n[None, :] * SKT + offs_d[:, None], mask=t_mask, other=0.0)
-            vt = tl.load(v_base + offs_n[None, :] * SVT + offs_d[:, None], mask=t_mask, other=0.0)
-            if PRESCALE:
-                qk = tl.dot(q_dot, kt, input_precision=PRECISION)
-            else:
-                qk = tl.dot(q_dot, kt, input_precision=PRECISION) * qk_scale
-            p = tl.math.exp2(qk - lse2[:, None])
-            p = apply_mask(p, 0.0, offs_m, offs_n, start_m, start_n, kv_len,
-                           MASK_FN, MASK_TAKES_LEN, FULL_FN, BLOCK_M, BLOCK_N,
-                           False, ARGS)
-            if start_n + BLOCK_N > kv_len:
-                p = tl.where(n_ok[None, :], p, 0.0)
-            dp = tl.dot(do, vt, input_precision=PRECISION)
-            ds = p * (dp - delta[:, None])
-            dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=PRECISION)
+        full_lo, full_hi = full_tile_span(start_m, first, end, kv_len, kv_len, FULL_FN,
+                                          True, BLOCK_M, BLOCK_N, ARGS)
+        dq = _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, first, full_lo, offs_m,
+                       kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N, PRECISION,
+                       PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
+        dq = _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, full_lo, full_hi, offs_m,
+                       kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N, PRECISION,
+                       PRESCALE, False, MASK_FN, MASK_TAKES_LEN, ARGS)
+        dq = _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, full_hi, end, offs_m,
+                       kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N, PRECISION,
+                       PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
 
     dq = dq * sm_scale
     dq_base = DQ + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH

@@ -4,8 +4,63 @@
 import triton
 import triton.language as tl
 
-from .tiles import apply_mask, mask_args, tile_loop_bounds
+from .tiles import full_tile_span, mask_args, mask_tile, tile_loop_bounds
 
+
+@triton.jit
+def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, lo, hi, offs_m, kv_len, qk_scale,
+               SKT: tl.constexpr, SVT: tl.constexpr, HEAD_DIM: tl.constexpr,
+               BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+               PRESCALE: tl.constexpr, MASKED: tl.constexpr, MASK_FN: tl.constexpr,
+               MASK_TAKES_LEN: tl.constexpr, ARGS):
+    """Online-softmax update of one query tile over key tiles ``lo, lo + BLOCK_N, ... < hi``.
+
+    With ``MASKED`` every tile evaluates the mask and the key length;
+    otherwise the tiles are known to be fully allowed and inside the key
+    length, and are loaded and used without either check.
+
+    Returns:
+      The updated ``(acc [BLOCK_M, BLOCK_D], l_i [BLOCK_M], m_i [BLOCK_M])``.
+    """
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + offs_n0
+        kt_ptrs = k_base + offs_n[None, :] * SKT + offs_d[:, None]
+        v_ptrs = v_base + offs_n[:, None] * SVT + offs_d[None, :]
+        if MASKED:
+            n_ok = offs_n < kv_len
+            kt = tl.load(kt_ptrs, mask=n_ok[None, :] & d_ok[:, None], other=0.0)
+        elif HEAD_DIM == BLOCK_D:
+            kt = tl.load(kt_ptrs)
+        else:
+            kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
+        if PRESCALE:
+            qk = tl.dot(q, kt, input_precision=PRECISION)
+        else:
+            qk = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+        if MASKED:
+            qk = mask_tile(qk, float("-inf"), offs_m, offs_n, kv_len, MASK_FN,
+                           MASK_TAKES_LEN, False, ARGS)
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            # A row with no allowed key so far keeps m = -inf; shift it by 0.
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_use = m_new
+        alpha = tl.math.exp2(m_i - m_use)
+        p = tl.math.exp2(qk - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if MASKED:
+            v = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        elif HEAD_DIM == BLOCK_D:
+            v = tl.load(v_ptrs)
+        else:
+            v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
 
 
 @triton.jit
@@ -36,9 +91,13 @@ def attn_fwd(
 
     Shapes: Q/Out ``[B, Q_LEN, N, D]`` or ``[B, N, Q_LEN, D]`` (by strides),
     K/V likewise with ``KV_LEN`` and ``N // GROUP`` heads, QLens/KVLens int32
-    ``[B]``, Lse float32 ``[B, N, Q_LEN]`` (natural log; ``-inf`` for rows with
-    no allowed key or at/after the query length). Grid:
-    ``(cdiv(Q_LEN, BLOCK_M), B * N)``.
+    ``[B]``, M0..M3 the mask's arrays (see ``tiles.mask_args``), Lse float32
+    ``[B, N, Q_LEN]`` (natural log; ``-inf`` for rows with no allowed key or
+    at/after the query length). Grid: ``(cdiv(Q_LEN, BLOCK_M), B * N)``.
+
+    The key tiles in the mask's range hull are visited in three runs: the
+    tiles before the first run of full tiles and after it evaluate the mask,
+    the run itself (``full_tile_span``) does not.
     """
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -52,7 +111,6 @@ def attn_fwd(
 
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
 
@@ -73,29 +131,17 @@ def attn_fwd(
         count = tl.minimum(q_len - start_m, BLOCK_M)
         first, end = tile_loop_bounds(start_m, count, kv_len, K_RANGE_FN,
                                       K_CONTINUOUS, BLOCK_M, ARGS, BLOCK_N)
-        for start_n in range(first, end, BLOCK_N):
-            offs_n = start_n + offs_n0
-            n_ok = offs_n < kv_len
-            kt = tl.load(k_base + offs_n[None, :] * SKT + offs_d[:, None],
-                         mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-            if PRESCALE:
-                qk = tl.dot(q, kt, input_precision=PRECISION)
-            else:
-                qk = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
-            qk = apply_mask(qk, float("-inf"), offs_m, offs_n, start_m, start_n,
-                            kv_len, MASK_FN, MASK_TAKES_LEN, FULL_FN, BLOCK_M,
-                            BLOCK_N, False, ARGS)
-            if start_n + BLOCK_N > kv_len:
-                qk = tl.where(n_ok[None, :], qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.math.exp2(m_i - m_use)
-            p = tl.math.exp2(qk - m_use[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(v_base + offs_n[:, None] * SVT + offs_d[None, :],
-                        mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-            m_i = m_new
+        full_lo, full_hi = full_tile_span(start_m, first, end, kv_len, kv_len, FULL_FN,
+                                          True, BLOCK_M, BLOCK_N, ARGS)
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, first, full_lo, offs_m,
+                                   kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,
+                                   PRECISION, PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, full_lo, full_hi, offs_m,
+                                   kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,
+                                   PRECISION, PRESCALE, False, MASK_FN, MASK_TAKES_LEN, ARGS)
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, full_hi, end, offs_m,
+                                   kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,
+                                   PRECISION, PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
 
     row_ok = (offs_m < q_len) & (l_i > 0.0)
     out = acc / tl.where(row_ok, l_i, 1.0)[:, None]

@@ -211,13 +211,62 @@ def tile_loop_bounds(start, count, other_len, RANGE_FN: tl.constexpr,
 
 
 @triton.jit
-def apply_mask(scores, fill, offs_q, offs_k, start_q, start_k, kv_len,
-               MASK_FN: tl.constexpr, MASK_TAKES_LEN: tl.constexpr,
-               FULL_FN: tl.constexpr, BLOCK_Q: tl.constexpr,
-               BLOCK_K: tl.constexpr, TRANSPOSED: tl.constexpr, ARGS):
-    """Replaces the entries of a tile that the mask forbids by ``fill``.
+def full_tile_span(fixed, first, end, limit, seq_len, FULL_FN: tl.constexpr,
+                   SCAN_KEYS: tl.constexpr, BLOCK_Q: tl.constexpr,
+                   BLOCK_K: tl.constexpr, ARGS):
+    """The first run of tiles the mask declares full, among the visited ones.
 
-    Tiles the mask declares full (``FULL_FN``) skip the mask evaluation.
+    The kernels' tile loops visit ``first, first + B, ... < end`` on the
+    scanned side (keys when ``SCAN_KEYS``, else queries; ``B`` is that side's
+    tile size) for the tile starting at ``fixed`` on the other side. This
+    returns ``[lo, hi)``, tile starts inside ``[first, end)``, such that every
+    tile in it is declared full by ``FULL_FN`` and lies wholly below ``limit``
+    (the scanned side's valid length). The kernels run those tiles without
+    evaluating the mask or bounds, and the rest (``[first, lo)`` and
+    ``[hi, end)``) with both. Only scalar work: one ``FULL_FN`` call per tile.
+
+    Returns:
+      ``(lo, hi)`` with ``first <= lo <= hi <= end``, both on the tile grid;
+      ``lo == hi`` when there is no such tile (or no ``FULL_FN``).
+    """
+    STEP: tl.constexpr = BLOCK_K if SCAN_KEYS else BLOCK_Q
+    stop = tl.minimum(end, limit - STEP + 1)
+    lo = first
+    if FULL_FN is not None:
+        searching = lo < stop
+        while searching:
+            if SCAN_KEYS:
+                full = FULL_FN(fixed, lo, BLOCK_Q, BLOCK_K, seq_len, ARGS)
+            else:
+                full = FULL_FN(lo, fixed, BLOCK_Q, BLOCK_K, seq_len, ARGS)
+            full = full | (lo < 0)
+            searching = (lo < stop) & (full == 0)
+            if searching:
+                lo += STEP
+        hi = lo
+        growing = hi < stop
+        while growing:
+            if SCAN_KEYS:
+                full = FULL_FN(fixed, hi, BLOCK_Q, BLOCK_K, seq_len, ARGS)
+            else:
+                full = FULL_FN(hi, fixed, BLOCK_Q, BLOCK_K, seq_len, ARGS)
+            full = full | (hi < 0)
+            growing = full != 0
+            if growing:
+                hi += STEP
+                growing = hi < stop
+    else:
+        hi = lo
+    lo = tl.minimum(lo, end)
+    hi = tl.maximum(tl.minimum(hi, end), lo)
+    return lo, hi
+
+
+@triton.jit
+def mask_tile(scores, fill, offs_q, offs_k, kv_len, MASK_FN: tl.constexpr,
+              MASK_TAKES_LEN: tl.constexpr, TRANSPOSED: tl.constexpr, ARGS):
+    """Replaces the entries of a tile that the mask forbids, or whose key is
+    at or past ``kv_len``, by ``fill``.
 
     Args:
       scores: ``[BLOCK_Q, BLOCK_K]`` tile, or ``[BLOCK_K, BLOCK_Q]`` when
@@ -225,23 +274,16 @@ def apply_mask(scores, fill, offs_q, offs_k, start_q, start_k, kv_len,
       fill: value for forbidden entries (``-inf`` for logits, 0 for
         probabilities).
       offs_q: ``[BLOCK_Q]`` query positions; ``offs_k``: ``[BLOCK_K]`` keys.
-      start_q, start_k: the tile's first query and key positions.
-      kv_len: the key length the mask methods receive as ``seq_len``.
+      kv_len: the key length; the mask methods receive it as ``seq_len``.
 
     Returns:
       The masked tile, same shape as ``scores``.
     """
-    if FULL_FN is not None:
-        full = FULL_FN(start_q, start_k, BLOCK_Q, BLOCK_K, kv_len, ARGS)
+    if MASK_TAKES_LEN:
+        allowed = MASK_FN(offs_q, offs_k, kv_len, ARGS)
     else:
-        full = False
-    if not full:
-        if MASK_TAKES_LEN:
-            allowed = MASK_FN(offs_q, offs_k, kv_len, ARGS)
-        else:
-            allowed = MASK_FN(offs_q, offs_k, ARGS)
-        allowed = allowed.to(tl.int1)
-        if TRANSPOSED:
-            allowed = tl.trans(allowed)
-        scores = tl.where(allowed, scores, fill)
-    return scores
+        allowed = MASK_FN(offs_q, offs_k, ARGS)
+    allowed = allowed.to(tl.int1) & (offs_k < kv_len)[None, :]
+    if TRANSPOSED:
+        allowed = tl.trans(allowed)
+    return tl.where(allowed, scores, fill)
