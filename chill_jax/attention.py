@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import triton
 
-from chill_jax import _launch, _sharding, _xla
-from chill_jax.configs import AttentionConfig, default_config
+from chill_jax import _autotune, _launch, _sharding, _xla
+from chill_jax.configs import AttentionConfig
 from chill_jax.kernels import attn_bwd_dkdv, attn_bwd_dq, attn_bwd_preprocess, attn_fwd
 from chill_jax.kernels import MAX_MASK_ARRAYS
 from chill_jax.masks import ChillMask, FullChillMask
@@ -72,26 +72,27 @@ def _geometry(static: _Static, q, k, v) -> dict[str, Any]:
         PRECISION=static.precision, PRESCALE=static.prescale_qk)
 
 
-def _mask_arrays() -> list:
-    """The kernels' mask-array operands ``M0 .. M3``."""
-    return [jnp.zeros((1,), jnp.int32) for _ in range(MAX_MASK_ARRAYS)]
+def _mask_operands(arrays: tuple) -> list:
+    """The kernels' mask-array operands ``M0 .. M3``: the mask's arrays (one
+    row per example), then placeholders for the slots it does not use."""
+    return [*arrays, *(jnp.zeros((1,), jnp.int32) for _ in range(MAX_MASK_ARRAYS - len(arrays)))]
 
 
-def _forward(static: _Static, q, k, v, q_lens, kv_lens):
+def _forward(static: _Static, q, k, v, q_lens, kv_lens, arrays=()):
     geo = _geometry(static, q, k, v)
     b, t, n = q.shape[0], geo["Q_LEN"], geo["NUM_HEADS"]
     cfg = static.config.fwd
-    spec = static.mask.spec(cfg.block_m, cfg.block_n, geo["KV_LEN"])
+    spec = static.mask.spec(cfg.block_m, cfg.block_n, geo["KV_LEN"]).with_arrays(arrays)
     out, lse = _launch.launch(
         attn_fwd, grid=(triton.cdiv(t, cfg.block_m), b * n),
-        args=[q, k, v, q_lens, kv_lens, *_mask_arrays(), static.sm_scale],
+        args=[q, k, v, q_lens, kv_lens, *_mask_operands(arrays), static.sm_scale],
         out_shapes=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, n, t), jnp.float32)],
         constexprs=dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **spec.constexprs()),
         config=cfg, implementation=static.implementation)
     return out, lse
 
 
-def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens):
+def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens, arrays=()):
     geo = _geometry(static, q, k, v)
     b, t, n, s = q.shape[0], geo["Q_LEN"], geo["NUM_HEADS"], geo["KV_LEN"]
     kv_heads = n // geo["GROUP"]
@@ -103,10 +104,10 @@ def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens):
         constexprs=dict(SOB=geo["SQB"], SOT=geo["SQT"], SOH=geo["SQH"], NUM_HEADS=n, Q_LEN=t,
                         HEAD_DIM=geo["HEAD_DIM"], BLOCK_D=geo["BLOCK_D"], BLOCK_M=pre.block_m),
         config=pre, implementation=static.implementation)
-    common = [q, k, v, dout.astype(q.dtype), lse, delta, q_lens, kv_lens, *_mask_arrays(),
+    common = [q, k, v, dout.astype(q.dtype), lse, delta, q_lens, kv_lens, *_mask_operands(arrays),
               static.sm_scale]
     cfg = static.config.bwd_dkdv
-    spec = static.mask.spec(cfg.block_m, cfg.block_n, s)
+    spec = static.mask.spec(cfg.block_m, cfg.block_n, s).with_arrays(arrays)
     dk, dv = _launch.launch(
         attn_bwd_dkdv, grid=(triton.cdiv(s, cfg.block_n), b * kv_heads), args=common,
         out_shapes=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
@@ -114,7 +115,7 @@ def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens):
                         **spec.constexprs(backward_q_ranges=True)),
         config=cfg, implementation=static.implementation)
     cfg = static.config.bwd_dq
-    spec = static.mask.spec(cfg.block_m, cfg.block_n, s)
+    spec = static.mask.spec(cfg.block_m, cfg.block_n, s).with_arrays(arrays)
     (dq,) = _launch.launch(
         attn_bwd_dq, grid=(triton.cdiv(t, cfg.block_m), b * n), args=common,
         out_shapes=[jax.ShapeDtypeStruct(q.shape, q.dtype)],
@@ -172,7 +173,7 @@ def _resolve_precision(precision: Any) -> str:
 def attention(query, key, value, mask: ChillMask | None = None, *, lengths=None, q_lengths=None,
               kv_lengths=None, sm_scale: float | None = None, return_lse: bool = False,
               layout: str = "BTNH", implementation: str | None = None, precision=None,
-              prescale_qk: bool = False, config: AttentionConfig | None = None):
+              prescale_qk: bool = False, config: AttentionConfig | None = None, autotune: bool = False):
     """Sparse flash attention with a mask inlined into Triton kernels.
 
     Args:
@@ -202,7 +203,19 @@ def attention(query, key, value, mask: ChillMask | None = None, *, lengths=None,
       prescale_qk: multiply the query tile by the scale once (rounded to the
         input dtype) instead of every logit tile: faster, slightly less exact
         for 16-bit inputs.
-      config: an :class:`AttentionConfig` overriding the default tiling.
+      config: an :class:`AttentionConfig` overriding the default tiling
+        (the GPU's tuned table entry for the head dim, dtype and mask).
+      autotune: time candidate configurations for this problem once and
+        use the fastest: the winner is cached on disk per (GPU, dtype,
+        head dim, GQA group, layout, mask, power-of-two buckets of the
+        lengths and of batch x heads) in ``$CHILL_JAX_CACHE_DIR/autotune.json``
+        (default ``~/.cache/chill_jax/autotune.json``), so later calls and
+        processes reuse it. Tuning runs when the call is traced, on random
+        arrays of the same shapes. Needs a kernel implementation
+        (``"triton"``, or ``"interpret"`` for tests); ignored when
+        ``implementation=None`` resolves to ``"xla"`` (no kernels to tune
+        there), refused with ``implementation="xla"`` or an explicit
+        ``config``.
 
     Returns:
       The output, shaped and typed like ``query``; rows at or past a query
@@ -253,6 +266,13 @@ def attention(query, key, value, mask: ChillMask | None = None, *, lengths=None,
         raise TypeError(f"prescale_qk must be a bool, got {type(prescale_qk).__name__}")
     if config is not None and not isinstance(config, AttentionConfig):
         raise TypeError(f"config must be a chill_jax.AttentionConfig, got {type(config).__name__}")
+    if not isinstance(autotune, bool):
+        raise TypeError(f"autotune must be a bool, got {type(autotune).__name__}")
+    if autotune and config is not None:
+        raise ValueError("autotune=True searches the configuration; pass either config or autotune=True, not both")
+    if autotune and implementation == "xla":
+        raise ValueError("autotune=True needs a kernel implementation ('triton' or 'interpret'), "
+                         "got implementation='xla'")
     impl = _resolve_implementation(implementation)
     prec = _resolve_precision(precision)
     q_lens = _lengths("q_lengths" if lengths is None else "lengths", q_lengths, b, t)
@@ -266,8 +286,9 @@ def attention(query, key, value, mask: ChillMask | None = None, *, lengths=None,
                                       layout=layout, precision=prec, **blocks)
         return (out, lse) if return_lse else out
     if config is None:
-        block_d = max(16, triton.next_power_of_2(d))
-        config = default_config(impl, block_d, jnp.dtype(query.dtype).itemsize)
+        config = _autotune.resolve_config(impl, query.shape, key.shape, query.dtype, mask, layout=layout,
+                                          sm_scale=float(sm_scale), precision=prec, prescale_qk=prescale_qk,
+                                          autotune=autotune)
     static = _Static(mask=mask, sm_scale=float(sm_scale), layout=layout, implementation=impl,
                      config=config, precision=prec, prescale_qk=prescale_qk)
     out, lse = _sharding.attention_op(static, query, key, value, q_lens, kv_lens)

@@ -1,9 +1,40 @@
 # Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
-"""Kernel launch configurations (tile sizes, warps, pipeline stages)."""
+"""Kernel launch configurations (tile sizes, warps, pipeline stages).
+
+The GPU defaults are data: ``chill_jax/tuned/<generation>.json`` holds the
+tuned configurations of one GPU generation (``hopper.json`` for sm_90) and
+``default.json`` the fallback for every other GPU and for the entries a
+generation's table lacks. Each entry is keyed by the padded head dim
+(``block_d``), a dtype class (``"bf16/fp16"`` or ``"fp32"``) and a mask class
+name (``"*"`` matches every mask), and gives the three passes' tiling::
+
+    {"schema": 1, "description": "...", "entries": [
+      {"block_d": 64, "dtype": "bf16/fp16", "mask": "*",
+       "fwd": {"block_m": 128, "block_n": 64, "num_warps": 4, "num_stages": 3},
+       "bwd_dkdv": {...}, "bwd_dq": {...}}]}
+
+Tables are validated when first loaded; ``default.json`` must have a ``"*"``
+entry for every head dim and dtype class.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.resources
+import json
+import re
+import types
+from typing import Any, Iterable, Mapping
+
+SCHEMA_VERSION = 1
+PASSES = ("fwd", "bwd_dkdv", "bwd_dq")
+DTYPE_CLASSES = ("bf16/fp16", "fp32")
+BLOCK_DS = (16, 32, 64, 128, 256)
+WILDCARD = "*"
+FALLBACK_TABLE = "default"
+_KERNEL_FIELDS = ("block_m", "block_n", "num_warps", "num_stages")
+_ENTRY_FIELDS = ("block_d", "dtype", "mask", *PASSES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +63,10 @@ class KernelConfig:
         if not isinstance(self.num_stages, int) or self.num_stages < 1:
             raise ValueError(f"KernelConfig.num_stages must be a positive int, got {self.num_stages!r}")
 
+    def to_dict(self) -> dict[str, int]:
+        """The configuration as the JSON object of the tuned tables."""
+        return {name: getattr(self, name) for name in _KERNEL_FIELDS}
+
 
 @dataclasses.dataclass(frozen=True)
 class AttentionConfig:
@@ -40,6 +75,10 @@ class AttentionConfig:
     fwd: KernelConfig = KernelConfig()
     bwd_dkdv: KernelConfig = KernelConfig()
     bwd_dq: KernelConfig = KernelConfig()
+
+    def to_dict(self) -> dict[str, dict[str, int]]:
+        """``{"fwd": {...}, "bwd_dkdv": {...}, "bwd_dq": {...}}``."""
+        return {name: getattr(self, name).to_dict() for name in PASSES}
 
 
 # The interpreter costs a few milliseconds per (program x tile) step whatever
@@ -50,29 +89,342 @@ INTERPRET_CONFIG = AttentionConfig(
     bwd_dq=KernelConfig(64, 64, 4, 1),
 )
 
-# GPU defaults by padded head dim (block_d), for 16-bit inputs; float32 inputs
-# use the next smaller entry's tiles (twice the bytes per element).
-_GPU_CONFIGS = {
-    16: AttentionConfig(KernelConfig(128, 64, 4, 3), KernelConfig(64, 128, 8, 2), KernelConfig(128, 64, 8, 2)),
-    32: AttentionConfig(KernelConfig(128, 64, 4, 3), KernelConfig(64, 128, 8, 2), KernelConfig(128, 64, 8, 2)),
-    64: AttentionConfig(KernelConfig(128, 64, 4, 3), KernelConfig(64, 128, 8, 2), KernelConfig(128, 64, 8, 2)),
-    128: AttentionConfig(KernelConfig(128, 64, 8, 3), KernelConfig(64, 64, 4, 2), KernelConfig(64, 64, 4, 2)),
-    256: AttentionConfig(KernelConfig(64, 32, 4, 2), KernelConfig(32, 32, 4, 1), KernelConfig(32, 32, 4, 1)),
+
+def kernel_config_from_dict(data: Any, where: str) -> KernelConfig:
+    """Parses ``{"block_m", "block_n", "num_warps", "num_stages"}``.
+
+    Args:
+      data: the decoded JSON value.
+      where: location used in error messages, e.g. ``"hopper.json: entries[2].fwd"``.
+
+    Raises:
+      ValueError: a missing, unknown or invalid field, naming ``where``.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected an object with keys {list(_KERNEL_FIELDS)}, "
+                         f"got {type(data).__name__}")
+    missing = [k for k in _KERNEL_FIELDS if k not in data]
+    unknown = sorted(set(data) - set(_KERNEL_FIELDS))
+    if missing or unknown:
+        raise ValueError(f"{where}: expected keys {list(_KERNEL_FIELDS)}, missing {missing}, unknown {unknown}")
+    for name in _KERNEL_FIELDS:
+        if isinstance(data[name], bool) or not isinstance(data[name], int):
+            raise ValueError(f"{where}.{name}: expected an int, got {data[name]!r}")
+    try:
+        return KernelConfig(**{name: data[name] for name in _KERNEL_FIELDS})
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def attention_config_from_dict(data: Any, where: str) -> AttentionConfig:
+    """Parses an object holding ``"fwd"``, ``"bwd_dkdv"`` and ``"bwd_dq"``
+    kernel configurations (other keys are the caller's to check).
+
+    Raises:
+      ValueError: a missing or invalid pass, naming ``where``.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
+    missing = [p for p in PASSES if p not in data]
+    if missing:
+        raise ValueError(f"{where}: missing pass(es) {missing}; expected {list(PASSES)}")
+    return AttentionConfig(**{p: kernel_config_from_dict(data[p], f"{where}.{p}") for p in PASSES})
+
+
+@dataclasses.dataclass(frozen=True)
+class TunedEntry:
+    """One row of a tuned table: the configuration for a (head dim, dtype, mask).
+
+    Attributes:
+      block_d: padded head dim, one of ``BLOCK_DS``.
+      dtype: ``"bf16/fp16"`` or ``"fp32"``.
+      mask: a mask class name, or ``"*"`` for every mask.
+      config: the three passes' configurations.
+    """
+
+    block_d: int
+    dtype: str
+    mask: str
+    config: AttentionConfig
+
+    @property
+    def key(self) -> tuple[int, str, str]:
+        """``(block_d, dtype, mask)``."""
+        return self.block_d, self.dtype, self.mask
+
+
+def parse_table(data: Any, source: str) -> Mapping[tuple[int, str, str], AttentionConfig]:
+    """Validates a decoded tuned table.
+
+    Args:
+      data: the decoded JSON document.
+      source: its name, for error messages.
+
+    Returns:
+      A read-only mapping ``(block_d, dtype, mask) -> AttentionConfig``.
+
+    Raises:
+      ValueError: the document does not follow the schema (the message names
+        the entry and field).
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - {"schema", "description", "entries"})
+    if unknown:
+        raise ValueError(f"{source}: unknown top-level key(s) {unknown}; expected schema, description, entries")
+    if data.get("schema") != SCHEMA_VERSION:
+        raise ValueError(f"{source}: schema must be {SCHEMA_VERSION}, got {data.get('schema')!r}")
+    if not isinstance(data.get("description", ""), str):
+        raise ValueError(f"{source}: description must be a string")
+    entries = data.get("entries")
+    if not isinstance(entries, list):
+        raise ValueError(f"{source}: entries must be a list, got {type(entries).__name__}")
+    table: dict[tuple[int, str, str], AttentionConfig] = {}
+    for i, entry in enumerate(entries):
+        where = f"{source}: entries[{i}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected an object, got {type(entry).__name__}")
+        unknown = sorted(set(entry) - set(_ENTRY_FIELDS))
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; expected {list(_ENTRY_FIELDS)}")
+        block_d = entry.get("block_d")
+        if isinstance(block_d, bool) or block_d not in BLOCK_DS:
+            raise ValueError(f"{where}.block_d: expected one of {BLOCK_DS}, got {block_d!r}")
+        dtype = entry.get("dtype")
+        if dtype not in DTYPE_CLASSES:
+            raise ValueError(f"{where}.dtype: expected one of {DTYPE_CLASSES}, got {dtype!r}")
+        mask = entry.get("mask")
+        if not isinstance(mask, str) or not (mask == WILDCARD or mask.isidentifier()):
+            raise ValueError(f"{where}.mask: expected a mask class name or {WILDCARD!r}, got {mask!r}")
+        key = (block_d, dtype, mask)
+        if key in table:
+            raise ValueError(f"{where}: duplicate entry for block_d={block_d}, dtype={dtype!r}, mask={mask!r}")
+        table[key] = attention_config_from_dict(entry, where)
+    return types.MappingProxyType(table)
+
+
+def table_names() -> tuple[str, ...]:
+    """Names of the tuned tables shipped with the package (file stems)."""
+    root = importlib.resources.files("chill_jax") / "tuned"
+    return tuple(sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".json")))
+
+
+@functools.lru_cache(maxsize=None)
+def load_table(name: str) -> Mapping[tuple[int, str, str], AttentionConfig]:
+    """Loads and validates ``chill_jax/tuned/<name>.json`` (cached).
+
+    Raises:
+      ValueError: no such table, or it does not follow the schema; the
+        fallback table also lacks a ``"*"`` entry for some head dim and
+        dtype class.
+    """
+    if name not in table_names():
+        raise ValueError(f"no tuned table named {name!r}; shipped tables: {list(table_names())}")
+    source = f"chill_jax/tuned/{name}.json"
+    text = (importlib.resources.files("chill_jax") / "tuned" / f"{name}.json").read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{source}: not valid JSON: {e}") from None
+    table = parse_table(data, source)
+    if name == FALLBACK_TABLE:
+        missing = [(d, t) for d in BLOCK_DS for t in DTYPE_CLASSES if (d, t, WILDCARD) not in table]
+        if missing:
+            raise ValueError(f"{source}: the fallback table needs a mask '*' entry for every (block_d, dtype); "
+                             f"missing {missing}")
+    return table
+
+
+def dump_table(entries: Iterable[TunedEntry], description: str = "") -> str:
+    """Serialises entries in the tuned-table schema, one entry per few lines.
+
+    Entries are sorted by dtype class, head dim and mask (``"*"`` first).
+    The result passes :func:`parse_table`.
+    """
+    order = {d: i for i, d in enumerate(DTYPE_CLASSES)}
+    rows = []
+    for e in sorted(entries, key=lambda e: (order[e.dtype], e.block_d, e.mask != WILDCARD, e.mask)):
+        passes = ",\n".join(f'     "{p}": {json.dumps(getattr(e.config, p).to_dict())}' for p in PASSES)
+        rows.append(f'    {{"block_d": {e.block_d}, "dtype": {json.dumps(e.dtype)}, "mask": {json.dumps(e.mask)},\n'
+                    f"{passes}}}")
+    text = (f'{{\n  "schema": {SCHEMA_VERSION},\n  "description": {json.dumps(description)},\n'
+            f'  "entries": [\n' + ",\n".join(rows) + "\n  ]\n}\n")
+    parse_table(json.loads(text), "dump_table output")
+    return text
+
+
+def table_entries(table: Mapping[tuple[int, str, str], AttentionConfig]) -> list[TunedEntry]:
+    """The rows of a loaded table, for editing and :func:`dump_table`."""
+    return [TunedEntry(d, t, m, cfg) for (d, t, m), cfg in table.items()]
+
+
+# GPU generation by CUDA compute capability major version; 8.9 is Ada.
+_GENERATION_BY_MAJOR = {7: "volta", 8: "ampere", 9: "hopper", 10: "blackwell", 12: "blackwell"}
+# Used when a device reports no compute capability; first match wins.
+_GENERATION_BY_NAME = (
+    (re.compile(r"\b(GH200|H100|H200|H800|H20)\b", re.I), "hopper"),
+    (re.compile(r"\b(GB200|GB300|B100|B200|B300)\b", re.I), "blackwell"),
+    (re.compile(r"\b(A100|A800|A10G?|A30|A40)\b", re.I), "ampere"),
+    (re.compile(r"\b(L4|L40S?)\b", re.I), "ada"),
+)
+
+
+def gpu_generation(device: Any = None) -> str:
+    """The GPU generation of a JAX device, naming its tuned table.
+
+    Reads the device's CUDA compute capability (``"9.0"`` is ``"hopper"``)
+    or, when it has none, its ``device_kind`` (``"NVIDIA H100 80GB HBM3"``).
+
+    Args:
+      device: a ``jax.Device``; None means ``jax.devices()[0]``.
+
+    Returns:
+      ``"hopper"``, ``"ampere"``, ... or ``"default"`` for a non-GPU device or
+      a GPU this table does not know (never raises).
+    """
+    if device is None:
+        return _detected_generation()
+    try:
+        if getattr(device, "platform", None) != "gpu":
+            return FALLBACK_TABLE
+        capability = getattr(device, "compute_capability", None)
+        if capability:
+            major, _, minor = str(capability).partition(".")
+            if major.isdigit():
+                if (int(major), minor) == (8, "9"):
+                    return "ada"
+                return _GENERATION_BY_MAJOR.get(int(major), FALLBACK_TABLE)
+        kind = str(getattr(device, "device_kind", "") or "")
+        for pattern, generation in _GENERATION_BY_NAME:
+            if pattern.search(kind):
+                return generation
+    except Exception:  # noqa: BLE001 (a device that cannot describe itself gets the fallback)
+        return FALLBACK_TABLE
+    return FALLBACK_TABLE
+
+
+@functools.lru_cache(maxsize=None)
+def _detected_generation() -> str:
+    import jax  # noqa: PLC0415 (keeps this module importable without initialising JAX)
+
+    try:
+        device = jax.devices()[0]
+    except Exception:  # noqa: BLE001 (no usable backend: fallback table)
+        return FALLBACK_TABLE
+    return gpu_generation(device)
+
+
+def dtype_class(itemsize: int) -> str:
+    """``"bf16/fp16"`` for 2-byte dtypes, ``"fp32"`` for 4-byte ones."""
+    return "bf16/fp16" if itemsize <= 2 else "fp32"
+
+
+def mask_name(mask: Any) -> str:
+    """The table key of a mask: its class name (``"*"`` for None)."""
+    if mask is None:
+        return WILDCARD
+    return mask if isinstance(mask, str) else type(mask).__name__
+
+
+def default_config(implementation: str, block_d: int, itemsize: int, mask: Any = None, *,
+                   generation: str | None = None) -> AttentionConfig:
+    """The default configuration for an implementation, head dim, dtype and mask.
+
+    Args:
+      implementation: ``"interpret"`` gets :data:`INTERPRET_CONFIG`; anything
+        else the GPU tables.
+      block_d: padded head dim, one of ``BLOCK_DS``.
+      itemsize: bytes per input element (2 or 4).
+      mask: a mask instance, a mask class name, or None (only ``"*"``
+        entries match).
+      generation: tuned table to look in first; None detects it from
+        ``jax.devices()[0]`` (see :func:`gpu_generation`).
+
+    Returns:
+      The first match of: the generation's table for the mask's class name,
+      then its ``"*"`` entry, then the same two in ``default.json``.
+
+    Raises:
+      ValueError: ``block_d`` is not one of ``BLOCK_DS``.
+    """
+    if implementation == "interpret":
+        return INTERPRET_CONFIG
+    if isinstance(block_d, bool) or block_d not in BLOCK_DS:
+        raise ValueError(f"block_d must be one of {BLOCK_DS} (the padded head dim), got {block_d!r}")
+    generation = gpu_generation() if generation is None else generation
+    tables = [load_table(generation)] if generation != FALLBACK_TABLE and generation in table_names() else []
+    tables.append(load_table(FALLBACK_TABLE))
+    dtype, name = dtype_class(itemsize), mask_name(mask)
+    for table in tables:
+        for wanted in (name, WILDCARD):
+            found = table.get((block_d, dtype, wanted))
+            if found is not None:
+                return found
+    raise AssertionError("unreachable: the fallback table covers every (block_d, dtype)")
+
+
+def _kernel_configs(*rows: tuple[int, int, int, int]) -> tuple[KernelConfig, ...]:
+    return tuple(KernelConfig(*row) for row in rows)
+
+
+_SMALL_D = dict(
+    fwd=_kernel_configs((128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4),
+                        (128, 64, 4, 4), (64, 128, 4, 3)),
+    bwd_dkdv=_kernel_configs((64, 128, 8, 2), (64, 64, 4, 2), (128, 64, 8, 2), (32, 64, 4, 2), (64, 64, 4, 3),
+                             (128, 128, 8, 2), (32, 128, 4, 2)),
+    bwd_dq=_kernel_configs((128, 64, 8, 2), (64, 64, 4, 2), (64, 128, 8, 2), (64, 32, 4, 2), (64, 64, 4, 3),
+                           (128, 128, 8, 2), (128, 32, 4, 2)),
+)
+# Autotuning candidates by padded head dim, for 16-bit inputs; float32 inputs
+# use the next larger head dim's list (twice the bytes per element).
+AUTOTUNE_CANDIDATES: dict[int, dict[str, tuple[KernelConfig, ...]]] = {
+    16: _SMALL_D,
+    32: _SMALL_D,
+    64: _SMALL_D,
+    128: dict(
+        fwd=_kernel_configs((128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3),
+                            (64, 128, 4, 2), (128, 64, 8, 2)),
+        bwd_dkdv=_kernel_configs((64, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2),
+                                 (32, 128, 4, 2), (128, 128, 8, 1)),
+        bwd_dq=_kernel_configs((64, 64, 4, 2), (128, 64, 8, 2), (64, 128, 8, 2), (64, 32, 4, 2), (32, 64, 4, 2),
+                               (128, 32, 4, 2), (128, 128, 8, 1)),
+    ),
+    256: dict(
+        fwd=_kernel_configs((64, 32, 4, 2), (64, 64, 4, 2), (64, 64, 8, 2), (128, 32, 8, 2), (32, 64, 4, 2),
+                            (128, 64, 8, 1)),
+        bwd_dkdv=_kernel_configs((32, 32, 4, 1), (32, 64, 4, 2), (64, 32, 4, 2), (64, 64, 8, 1), (32, 32, 4, 2),
+                                 (16, 64, 4, 2)),
+        bwd_dq=_kernel_configs((32, 32, 4, 1), (64, 32, 4, 2), (32, 64, 4, 2), (64, 64, 8, 1), (32, 32, 4, 2),
+                               (64, 16, 4, 2)),
+    ),
 }
 
 
-def default_config(implementation: str, block_d: int, itemsize: int) -> AttentionConfig:
-    """The default configuration for an implementation, head dim and dtype size."""
-    if implementation == "interpret":
-        return INTERPRET_CONFIG
+def autotune_candidates(block_d: int, itemsize: int) -> dict[str, tuple[KernelConfig, ...]]:
+    """The configurations ``autotune=True`` times, per pass.
+
+    Args:
+      block_d: padded head dim, one of ``BLOCK_DS``.
+      itemsize: bytes per input element.
+
+    Returns:
+      ``{"fwd": (...), "bwd_dkdv": (...), "bwd_dq": (...)}``.
+    """
     key = block_d if itemsize <= 2 else min(256, block_d * 2)
-    return _GPU_CONFIGS[max(16, key)]
+    return AUTOTUNE_CANDIDATES[max(16, key)]
 
 
 def all_tile_sizes() -> tuple[tuple[int, int], ...]:
-    """Every (query tile, key tile) pair any default configuration uses."""
+    """Every (query tile, key tile) pair a default configuration or an
+    autotuning candidate uses."""
+    configs = [INTERPRET_CONFIG]
+    for name in table_names():
+        configs.extend(load_table(name).values())
     pairs = set()
-    for cfg in [INTERPRET_CONFIG, *_GPU_CONFIGS.values()]:
+    for cfg in configs:
         for k in (cfg.fwd, cfg.bwd_dkdv, cfg.bwd_dq):
             pairs.add((k.block_m, k.block_n))
+    for per_pass in AUTOTUNE_CANDIDATES.values():
+        for candidates in per_pass.values():
+            pairs.update((k.block_m, k.block_n) for k in candidates)
     return tuple(sorted(pairs))

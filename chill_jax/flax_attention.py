@@ -11,7 +11,7 @@ from chill_jax.attention import attention
 from chill_jax.masks import CausalChillMask, ChillMask
 
 _OPTIONS = ("lengths", "q_lengths", "kv_lengths", "sm_scale", "implementation", "precision", "prescale_qk",
-            "config")
+            "config", "autotune")
 
 
 def make_attention_fn(mask: ChillMask | None = None, **options: Any) -> Callable:
@@ -27,7 +27,8 @@ def make_attention_fn(mask: ChillMask | None = None, **options: Any) -> Callable
       mask: the :class:`ChillMask`; None means full attention.
       **options: keyword options of :func:`chill_jax.attention`
         (``lengths``, ``q_lengths``, ``kv_lengths``, ``sm_scale``,
-        ``implementation``, ``precision``, ``config``).
+        ``implementation``, ``precision``, ``prescale_qk``, ``config``,
+        ``autotune``).
 
     Returns:
       ``attention_fn(query, key, value, bias=None, mask=None, ...)`` taking

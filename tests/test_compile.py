@@ -1,7 +1,7 @@
 # Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
 """Every kernel launch of forward + backward compiles for sm_90 (H100) with the
-GPU default configurations and fits the per-block shared memory, on the host
-without a GPU."""
+Hopper table's configurations (chill_jax/tuned/hopper.json) and fits the
+per-block shared memory, on the host without a GPU."""
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +11,7 @@ import triton
 
 import chill_jax
 from chill_jax import CausalChillMask, ChunkwiseChillMask, PrefixLMChillMask, SlidingWindowChillMask
-from chill_jax.configs import default_config
+from chill_jax.configs import default_config, load_table
 import compile_check
 import custom_masks
 from testing_utils import BUILTIN_MASKS, dtype_name, layout_shape
@@ -43,9 +43,31 @@ CASES = [
 
 @pytest.mark.parametrize("mask,dtype,head_dim,heads,kv_heads,layout,precision", CASES)
 def test_compiles_for_sm90(mask, dtype, head_dim, heads, kv_heads, layout, precision):
-    """Traces forward + backward with the GPU config, compiles each launch."""
+    """Traces forward + backward with the Hopper config, compiles each launch."""
     block_d = max(16, triton.next_power_of_2(head_dim))
-    config = default_config("triton", block_d, jnp.dtype(dtype).itemsize)
+    config = default_config("triton", block_d, jnp.dtype(dtype).itemsize, mask, generation="hopper")
+    _check_compiles(mask, dtype, head_dim, heads, kv_heads, layout, precision, config)
+
+
+_MASKS_BY_NAME = {type(m).__name__: m for m in BUILTIN_MASKS}
+HOPPER_ENTRIES = [
+    pytest.param(key, cfg, id=f"D{key[0]}-{key[1].replace('/', '_')}-{key[2]}")
+    for key, cfg in sorted(load_table("hopper").items(), key=lambda item: str(item[0]))
+]
+
+
+@pytest.mark.parametrize("key,config", HOPPER_ENTRIES)
+def test_hopper_table_compiles_for_sm90(key, config):
+    """Every entry of chill_jax/tuned/hopper.json compiles for sm_90 and fits
+    its shared memory, with the entry's mask (causal for ``"*"`` and for
+    classes that are not built in)."""
+    block_d, dtype_class, mask_name = key
+    dtype = jnp.bfloat16 if dtype_class == "bf16/fp16" else jnp.float32
+    mask = _MASKS_BY_NAME.get(mask_name, CausalChillMask())
+    _check_compiles(mask, dtype, block_d, 2, 2, "BTNH", None, config)
+
+
+def _check_compiles(mask, dtype, head_dim, heads, kv_heads, layout, precision, config):
     b, t = 2, 200
     q = jax.ShapeDtypeStruct(layout_shape(layout, b, t, heads, head_dim), dtype)
     kv = jax.ShapeDtypeStruct(layout_shape(layout, b, t, kv_heads, head_dim), dtype)
