@@ -42,7 +42,7 @@ from chill_jax.configs import (
     autotune_candidates,
     default_config,
 )
-from chill_jax.masks import ChillMask
+from chill_jax.masks import ChillMask, ComposedChillMask
 
 CACHE_ENV = "CHILL_JAX_CACHE_DIR"
 CACHE_FILE = "autotune.json"
@@ -144,7 +144,11 @@ def device_name(implementation: str) -> str:
 
 
 def mask_key(mask: ChillMask) -> str:
-    """The static part of a mask: its class's qualified name and its constants."""
+    """The static part of a mask: its class's qualified name and its constants
+    (of each operand, for compositions); never the values of its arrays."""
+    if isinstance(mask, ComposedChillMask):
+        a, b = mask.operands
+        return f"({mask_key(a)} {mask.op} {mask_key(b)})"
     cls = type(mask)
     return f"{cls.__module__}.{cls.__qualname__}{tuple(mask.args)!r}"
 
@@ -267,6 +271,11 @@ def tuned_config(problem: Problem, base: AttentionConfig) -> AttentionConfig:
         entry = read_cache(path).get(key)
         if entry is not None:
             config = attention_config_from_dict(entry, path)
+        elif any(isinstance(a, jax.core.Tracer) for a in problem.mask.arrays):
+            warnings.warn(f"chill_jax autotune: {problem.mask!r} carries traced arrays, which cannot be timed "
+                          "from inside jit/vmap/grad; using the default configuration. Call attention once "
+                          "outside jit with concrete mask arrays (same shapes) to tune and cache it.", stacklevel=3)
+            return base
         else:
             config, measurements = _in_fresh_thread(lambda: search(problem, base))
             ok = [m for m in measurements if m.step == "fwd" and not m.error]

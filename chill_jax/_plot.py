@@ -53,7 +53,7 @@ def _row_steps(values: np.ndarray, offset: float) -> tuple[np.ndarray, np.ndarra
 
 
 def plot_mask(mask: "ChillMask", q_len: int, kv_len: int | None = None, *,
-              show_full_blocks: bool = False, tile: tuple[int, int] = (64, 64)) -> "Figure":
+              show_full_blocks: bool = False, tile: tuple[int, int] = (64, 64), example: int = 0) -> "Figure":
     """Draws a mask with its analytic ranges over it.
 
     The image is ``mask.make_mask(q_len, kv_len)``, bool ``[q_len, kv_len]``
@@ -77,6 +77,8 @@ def plot_mask(mask: "ChillMask", q_len: int, kv_len: int | None = None, *,
         (bool ``[cdiv(q_len, tile[0]), cdiv(kv_len, tile[1])]``), over a faint
         grid of the tile boundaries.
       tile: ``(query tile, key tile)`` sizes for ``show_full_blocks``.
+      example: the batch element of the mask's arrays to draw (masks with
+        runtime arrays).
 
     Returns:
       A ``matplotlib.figure.Figure`` (no pyplot, no GUI backend needed); save
@@ -88,9 +90,9 @@ def plot_mask(mask: "ChillMask", q_len: int, kv_len: int | None = None, *,
     """
     ListedColormap, Figure, Patch, Rectangle = _import_matplotlib()
     tile = _check_tile(tile)
-    dense = np.asarray(mask.make_mask(q_len, kv_len), dtype=bool)
+    dense = np.asarray(mask.make_mask(q_len, kv_len, example=example), dtype=bool)
     q_len, kv_len = dense.shape
-    k_ranges, q_ranges = (np.asarray(r) for r in mask.ranges(q_len, kv_len))
+    k_ranges, q_ranges = (np.asarray(r) for r in mask.ranges(q_len, kv_len, example=example))
 
     longest = max(q_len, kv_len)
     ratio = longest / min(q_len, kv_len)
@@ -120,7 +122,7 @@ def plot_mask(mask: "ChillMask", q_len: int, kv_len: int | None = None, *,
             ax.axhline(y - 0.5, color="0.6", lw=0.5, zorder=1.5)
         for x in range(k_tile, kv_len, k_tile):
             ax.axvline(x - 0.5, color="0.6", lw=0.5, zorder=1.5)
-        claims = np.asarray(mask.full_blocks(q_len, kv_len, q_tile, k_tile), dtype=bool)
+        claims = np.asarray(mask.full_blocks(q_len, kv_len, q_tile, k_tile, example=example), dtype=bool)
         for tq, tk in zip(*np.nonzero(claims)):
             q0, k0 = tq * q_tile, tk * k_tile
             ax.add_patch(Rectangle(

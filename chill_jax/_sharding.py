@@ -82,7 +82,9 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 # Argument and result roles of the two passes. "q": [B, T, N, D] (or BNTH),
-# "kv": [B, S, K, D], "lse": [B, N, T], "b": [B].
+# "kv": [B, S, K, D], "lse": [B, N, T], "b": [B]. The mask's arrays follow
+# the arguments, role "m<i>.<ndim>": [B, ...] (batch dim, then dims of their
+# own that are never split).
 _ROLES = {
     "fwd": (("q", "kv", "kv", "b", "b"), ("q", "lse")),
     "bwd": (("q", "kv", "kv", "q", "lse", "q", "lse", "b", "b"), ("q", "kv", "kv")),
@@ -90,8 +92,22 @@ _ROLES = {
 _PARTITIONED_IMPLEMENTATIONS = ("triton", "interpret", "xla")
 
 
+def _roles(which: str, array_ndims: Sequence[int] = ()) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(argument roles, result roles) of a pass with mask arrays of these ranks."""
+    args, results = _ROLES[which]
+    return args + tuple(f"m{i}.{nd}" for i, nd in enumerate(array_ndims)), results
+
+
+def _array_ndims(which: str, shapes: Sequence[tuple[int, ...]], nlead: int) -> tuple[int, ...]:
+    """Ranks (without leading dims) of the mask arrays among a pass's operands."""
+    return tuple(len(shape) - nlead for shape in shapes[len(_ROLES[which][0]):])
+
+
 def _dim_names(role: str, layout: str, nlead: int) -> tuple[str, ...]:
     lead = tuple(f"l{i}" for i in range(nlead))
+    if role.startswith("m"):
+        index, ndim = role[1:].split(".")
+        return lead + ("b",) + tuple(f"x{index}_{j}" for j in range(1, int(ndim)))
     if role == "q":
         dims = ("b", "t", "n", "d") if layout == "BTNH" else ("b", "n", "t", "d")
     elif role == "kv":
@@ -156,7 +172,7 @@ def _make_plan(specs: Sequence[PartitionSpec], shapes: Sequence[tuple[int, ...]]
 
     Warns (once per call) about everything it has to gather.
     """
-    roles = _ROLES[which][0]
+    roles = _roles(which, _array_ndims(which, shapes, nlead))[0]
     gathered = []
     proposals: dict[str, list[tuple[str, ...]]] = {}
     for i, (role, spec, shape) in enumerate(zip(roles, specs, shapes)):
@@ -164,8 +180,9 @@ def _make_plan(specs: Sequence[PartitionSpec], shapes: Sequence[tuple[int, ...]]
         for dim, (name, axes) in enumerate(zip(names, _spec_axes(spec, len(shape)))):
             if not axes:
                 continue
-            if name in _DIM_WORDS:
-                gathered.append(f"operand {i} ({_DIM_WORDS[name]} dim {dim}) is sharded over mesh axes {axes}")
+            if name in _DIM_WORDS or name.startswith("x"):
+                word = _DIM_WORDS.get(name, "mask array")
+                gathered.append(f"operand {i} ({word} dim {dim}) is sharded over mesh axes {axes}")
                 continue
             proposals.setdefault(name, []).append(axes)
 
@@ -465,7 +482,7 @@ def _free_mesh(args) -> tuple[Any, tuple[str, ...], str]:
 
 
 def _run_explicit(fn, which, layout, nlead, mesh, free, args):
-    roles, out_roles = _ROLES[which]
+    roles, out_roles = _roles(which, _array_ndims(which, [a.shape for a in args], nlead))
     specs = [jax.typeof(a).sharding.spec for a in args]
     plan = _make_plan(specs, [a.shape for a in args], which, layout, nlead,
                       {n: s for n, s in zip(mesh.axis_names, mesh.axis_sizes)})
@@ -489,7 +506,7 @@ def _natural_spec(role: str, source_role: str, source: PartitionSpec, layout: st
                            for n in _dim_names(role, layout, nlead)))
 
 
-def _sharding_rule(which: str, layout: str, nlead: int, group: int) -> str:
+def _sharding_rule(which: str, layout: str, nlead: int, group: int, array_ndims: Sequence[int] = ()) -> str:
     """Shardy rule: batch, leading and head dims pass through.
 
     With ``group > 1`` the query and key/value heads are independent factors
@@ -498,7 +515,7 @@ def _sharding_rule(which: str, layout: str, nlead: int, group: int) -> str:
     ``partition`` puts them on the same axes itself.
     """
     heads_kv = "n" if group == 1 else "k"
-    roles, out_roles = _ROLES[which]
+    roles, out_roles = _roles(which, array_ndims)
 
     def mapping(role):
         return " ".join(heads_kv if n == "k" else n for n in _dim_names(role, layout, nlead))
@@ -506,8 +523,8 @@ def _sharding_rule(which: str, layout: str, nlead: int, group: int) -> str:
     return ", ".join(mapping(r) for r in roles) + " -> " + ", ".join(mapping(r) for r in out_roles)
 
 
-def _partitioned_op(fn, which, layout, implementation, nlead, group):
-    roles, out_roles = _ROLES[which]
+def _partitioned_op(fn, which, layout, implementation, nlead, group, array_ndims=()):
+    roles, out_roles = _roles(which, array_ndims)
 
     def plan_for(mesh, arg_shapes):
         # Never raise here: under the GSPMD partitioner an exception in a
@@ -549,7 +566,7 @@ def _partitioned_op(fn, which, layout, implementation, nlead, group):
 
     op = custom_partitioning(_local_fn(fn, which, layout, nlead, None))
     op.def_partition(partition=partition, infer_sharding_from_operands=infer,
-                     sharding_rule=_sharding_rule(which, layout, nlead, group))
+                     sharding_rule=_sharding_rule(which, layout, nlead, group, array_ndims))
     return op
 
 
@@ -557,9 +574,10 @@ def sharded(fn: Callable, which: str, layout: str, implementation: str) -> Calla
     """The pass ``fn(*arrays) -> tuple`` with vmap and multi-device rules.
 
     Args:
-      fn: the forward (``q, k, v, q_lens, kv_lens -> out, lse``) or backward
-        (``q, k, v, out, lse, dout, dlse, q_lens, kv_lens -> dq, dk, dv``)
-        pass on unbatched arrays of one device.
+      fn: the forward (``q, k, v, q_lens, kv_lens, *mask_arrays -> out,
+        lse``) or backward (``q, k, v, out, lse, dout, dlse, q_lens,
+        kv_lens, *mask_arrays -> dq, dk, dv``) pass on unbatched arrays of
+        one device; each mask array is ``[B, ...]``.
       which: ``"fwd"`` or ``"bwd"``.
       layout: ``"BTNH"`` or ``"BNTH"``.
       implementation: the pass's implementation; partitioning is applied to
@@ -581,7 +599,8 @@ def sharded(fn: Callable, which: str, layout: str, implementation: str) -> Calla
         if mode == "explicit":
             return _run_explicit(fn, which, layout, nlead, mesh, free, args)
         qn, kn = _dim_names("q", layout, nlead), _dim_names("kv", layout, nlead)
-        key = (nlead, args[0].shape[qn.index("n")] // args[1].shape[kn.index("k")])
+        key = (nlead, args[0].shape[qn.index("n")] // args[1].shape[kn.index("k")],
+               _array_ndims(which, [a.shape for a in args], nlead))
         if key not in ops:
             ops[key] = _partitioned_op(fn, which, layout, implementation, *key)
         return ops[key](*args)
@@ -622,34 +641,37 @@ def _pass(static: Any, which: str) -> Callable:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def attention_op(static: Any, q, k, v, q_lens, kv_lens):
+def attention_op(static: Any, q, k, v, q_lens, kv_lens, *mask_arrays):
     """Differentiable attention from a pair of per-device passes.
 
     Args:
       static: hashable description of the call with ``layout``,
         ``implementation`` and the unbatched passes ``forward(q, k, v,
-        q_lens, kv_lens) -> (out, lse)`` and ``backward(q, k, v, out, lse,
-        dout, dlse, q_lens, kv_lens) -> (dq, dk, dv)``.
+        q_lens, kv_lens, *mask_arrays) -> (out, lse)`` and ``backward(q, k,
+        v, out, lse, dout, dlse, q_lens, kv_lens, *mask_arrays) -> (dq, dk,
+        dv)``.
       q, k, v, q_lens, kv_lens: the arrays.
+      *mask_arrays: the mask's runtime arrays, ``[B, ...]`` each.
 
     Returns:
       ``(out, lse)``; gradients flow to q, k, v through ``backward`` (no
-      residuals beyond q, k, v, out, lse), with the vmap and multi-device
+      residuals beyond q, k, v, out, lse and the integer/mask operands; the
+      lengths and mask arrays get none), with the vmap and multi-device
       rules of :func:`sharded` on both passes.
     """
-    return _pass(static, "fwd")(q, k, v, q_lens, kv_lens)
+    return _pass(static, "fwd")(q, k, v, q_lens, kv_lens, *mask_arrays)
 
 
-def _attention_op_fwd(static, q, k, v, q_lens, kv_lens):
-    out, lse = _pass(static, "fwd")(q, k, v, q_lens, kv_lens)
-    return (out, lse), (q, k, v, out, lse, q_lens, kv_lens)
+def _attention_op_fwd(static, q, k, v, q_lens, kv_lens, *mask_arrays):
+    out, lse = _pass(static, "fwd")(q, k, v, q_lens, kv_lens, *mask_arrays)
+    return (out, lse), (q, k, v, out, lse, q_lens, kv_lens, mask_arrays)
 
 
 def _attention_op_bwd(static, residuals, cotangents):
-    q, k, v, out, lse, q_lens, kv_lens = residuals
+    q, k, v, out, lse, q_lens, kv_lens, mask_arrays = residuals
     dout, dlse = cotangents
-    dq, dk, dv = _pass(static, "bwd")(q, k, v, out, lse, dout, dlse, q_lens, kv_lens)
-    return dq, dk, dv, None, None
+    dq, dk, dv = _pass(static, "bwd")(q, k, v, out, lse, dout, dlse, q_lens, kv_lens, *mask_arrays)
+    return (dq, dk, dv, None, None, *(None for _ in mask_arrays))
 
 
 attention_op.defvjp(_attention_op_fwd, _attention_op_bwd)

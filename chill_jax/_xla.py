@@ -76,7 +76,7 @@ from jax import lax
 from triton.runtime.jit import JITFunction
 
 from chill_jax import _launch, _sharding
-from chill_jax.masks import ChillMask
+from chill_jax.masks import ChillMask, batched_arrays, split_arrays
 
 LAYOUTS = ("BTNH", "BNTH")
 _FALLBACK_CACHE_SIZE = 32
@@ -284,6 +284,47 @@ class _Tensor:
         return f"_Tensor({self.a!r})"
 
 
+class _Pointer:
+    """A pointer into one example's row of a mask array, for ``tl.load``.
+
+    The kernels give a mask method a pointer to the row of the example being
+    computed; here that row is a flat JAX array and the pointer an int32
+    offset into it (any shape: ``ptr + offsets`` broadcasts).
+    """
+
+    def __init__(self, base: jax.Array, offset: Any = 0):
+        self.base = base
+        self.offset = offset
+
+    def __add__(self, other: Any) -> "_Pointer":
+        if isinstance(other, _Pointer):
+            raise MaskShimError("adding two pointers")
+        if not _is_int(other):
+            raise MaskShimError("pointer offsets must be integers")
+        return _Pointer(self.base, _as_array(self.offset).astype(jnp.int32) + _as_array(other).astype(jnp.int32))
+
+    __radd__ = __add__
+
+    def __sub__(self, other: Any) -> "_Pointer":
+        return self + (-_as_array(other))
+
+    def __bool__(self):
+        raise MaskShimError("a pointer used as a Python bool")
+
+
+def _load(pointer: Any, mask: Any = None, other: Any = None, **unused: Any) -> "_Tensor":
+    """``tl.load``: the elements at the pointer's offsets (clamped into the
+    row; masked-off elements are ``other``, default 0)."""
+    if not isinstance(pointer, _Pointer):
+        raise MaskShimError(f"tl.load of {type(pointer).__name__}, expected a mask array pointer")
+    offset = _as_array(pointer.offset).astype(jnp.int32)
+    values = jnp.take(pointer.base, jnp.clip(offset, 0, pointer.base.shape[0] - 1))
+    if mask is not None:
+        fill = jnp.zeros((), values.dtype) if other is None else jnp.asarray(_unwrap(other), values.dtype)
+        values = jnp.where(_as_array(mask).astype(jnp.bool_), values, fill)
+    return _Tensor(values)
+
+
 def _np_dtype(dtype: Any) -> Any:
     """The JAX dtype of a Triton dtype (64-bit ones narrow without jax_enable_x64)."""
     if isinstance(dtype, _DType):
@@ -379,6 +420,7 @@ _LANG = _Language(
     floor=_unary(jnp.floor),
     ceil=_unary(jnp.ceil),
     fma=lambda x, y, z: _Tensor(_unwrap(x) * _unwrap(y) + _unwrap(z)),
+    load=_load,
     constexpr=lambda value=None: value,
     static_range=range,
     static_assert=_static_assert,
@@ -419,6 +461,8 @@ def _shim(fn: Callable, memo: dict[int, Callable] | None = None) -> Callable:
             value = _shim(value.fn, memo)
         elif id(value) in lang_fns:
             value = lang_fns[id(value)]
+        elif isinstance(value, tl.constexpr):
+            value = value.value
         new_globals[name] = value
     new_globals["max"] = _builtin_max
     new_globals["min"] = _builtin_min
@@ -443,6 +487,7 @@ class _ShimEvaluator:
     def __init__(self, mask: ChillMask):
         spec = mask.spec()
         self.args = spec.args
+        self.slots = mask.arrays
         self.takes_len = spec.mask_takes_len
         self.k_continuous = spec.k_continuous
         self.q_continuous = spec.q_continuous
@@ -450,47 +495,54 @@ class _ShimEvaluator:
         self._k_fn = _shim(spec.k_range_fn)
         self._q_fn = _shim(spec.q_range_fn)
 
-    def prepare(self, q_lens, kv_lens, t, s, tp, sp) -> None:
-        return None
+    def prepare(self, q_lens, kv_lens, t, s, tp, sp, arrays=()) -> tuple:
+        """The mask arrays as flat rows, ``[B, size]`` each."""
+        return tuple(a.reshape(a.shape[0], -1) for a in arrays)
+
+    def _args(self, data) -> tuple:
+        """The methods' ``args``: constants, then a pointer to each array's row."""
+        return self.args + tuple(_Pointer(row) for row in (data or ()))
 
     def allowed(self, data, q0, k0, bq: int, bk: int, kv_len) -> jax.Array:
         """Bool ``[bq, bk]``: ``mask(q0 + arange(bq), k0 + arange(bk), kv_len)``."""
         q = _Tensor(q0 + jnp.arange(bq, dtype=jnp.int32))
         k = _Tensor(k0 + jnp.arange(bk, dtype=jnp.int32))
         if self.takes_len:
-            res = self._mask_fn(q, k, _Tensor(kv_len), self.args)
+            res = self._mask_fn(q, k, _Tensor(kv_len), self._args(data))
         else:
-            res = self._mask_fn(q, k, self.args)
+            res = self._mask_fn(q, k, self._args(data))
         res = _as_array(res)
         if res.dtype != jnp.bool_:
             res = res != 0
         return jnp.broadcast_to(res, (bq, bk))
 
-    def _range(self, fn, pos, other_len) -> tuple[jax.Array, jax.Array]:
+    def _range(self, fn, data, pos, other_len) -> tuple[jax.Array, jax.Array]:
         # The methods are written for one scalar position (as the kernels call
         # them); vectors of positions go through vmap, never into the method.
         if pos.ndim:
-            return jax.vmap(lambda p: self._range(fn, p, other_len))(pos)
-        lo, hi = fn(_Tensor(pos), _Tensor(other_len), self.args)
+            return jax.vmap(lambda p: self._range(fn, data, p, other_len))(pos)
+        lo, hi = fn(_Tensor(pos), _Tensor(other_len), self._args(data))
         return _broadcast_int(lo, ()), _broadcast_int(hi, ())
 
     def k_range(self, data, pos, kv_len) -> tuple[jax.Array, jax.Array]:
         """Raw ``k_range_for_q(pos, kv_len)`` for int32 positions (scalar or vector)."""
-        return self._range(self._k_fn, pos, kv_len)
+        return self._range(self._k_fn, data, pos, kv_len)
 
     def q_range(self, data, pos, q_len) -> tuple[jax.Array, jax.Array]:
         """Raw ``q_range_for_k(pos, q_len)`` for int32 positions (scalar or vector)."""
-        return self._range(self._q_fn, pos, q_len)
+        return self._range(self._q_fn, data, pos, q_len)
 
     def probe(self) -> None:
         """Traces every method abstractly; raises what the shim cannot handle."""
         i32 = jax.ShapeDtypeStruct((), jnp.int32)
+        rows = tuple(jax.ShapeDtypeStruct((max(1, int(np.prod(slot.shape[1:]))),), slot.dtype)
+                     for slot in self.slots)
 
-        def run(q0, k0, n):
-            return [self.allowed(None, q0, k0, 16, 8, n), self.k_range(None, q0, n),
-                    self.q_range(None, k0, n)]
+        def run(q0, k0, n, data):
+            return [self.allowed(data, q0, k0, 16, 8, n), self.k_range(data, q0, n),
+                    self.q_range(data, k0, n)]
 
-        jax.eval_shape(run, i32, i32, i32)
+        jax.eval_shape(run, i32, i32, i32, rows)
 
 
 @functools.lru_cache(maxsize=_FALLBACK_CACHE_SIZE)
@@ -510,19 +562,27 @@ class _InterpreterEvaluator:
         self.k_continuous = spec.k_continuous
         self.q_continuous = spec.q_continuous
 
-    def prepare(self, q_lens, kv_lens, t, s, tp, sp):
+    def prepare(self, q_lens, kv_lens, t, s, tp, sp, arrays=()):
         """Per-example tables: bool ``[B, tp, sp]``, int32 ``[B, tp, 2]``, ``[B, sp, 2]``."""
+        treedef = jax.tree_util.tree_structure(self.mask)
 
-        def host(q_lens, kv_lens):
+        def host(q_lens, kv_lens, *host_arrays):
             q_lens, kv_lens = np.asarray(q_lens), np.asarray(kv_lens)
             lead = q_lens.shape
+            # With arrays: the mask of these values, each example its own row.
+            concrete = jax.tree_util.tree_unflatten(
+                treedef, [np.asarray(a).reshape(-1, *a.shape[len(lead):]) for a in host_arrays])
             dense = np.zeros((q_lens.size, tp, sp), bool)
             kr = np.zeros((q_lens.size, tp, 2), np.int32)
             qr = np.zeros((q_lens.size, sp, 2), np.int32)
             for e, (ql, kl) in enumerate(zip(q_lens.reshape(-1), kv_lens.reshape(-1))):
                 ql, kl = int(np.clip(ql, 0, t)), int(np.clip(kl, 0, s))
                 if ql > 0 and kl > 0:
-                    d, k_r, q_r = _interpreted_tables(self.mask, ql, kl)
+                    if host_arrays:
+                        d = concrete.make_mask(ql, kl, seq_len=kl, example=e)
+                        k_r, q_r = concrete.ranges(ql, kl, example=e)
+                    else:
+                        d, k_r, q_r = _interpreted_tables(self.mask, ql, kl)
                     dense[e, :ql, :kl] = d
                     kr[e, :ql] = k_r
                     qr[e, :kl] = q_r
@@ -531,7 +591,7 @@ class _InterpreterEvaluator:
         b = q_lens.shape[0]
         shapes = (jax.ShapeDtypeStruct((b, tp, sp), jnp.bool_), jax.ShapeDtypeStruct((b, tp, 2), jnp.int32),
                   jax.ShapeDtypeStruct((b, sp, 2), jnp.int32))
-        return jax.pure_callback(host, shapes, q_lens, kv_lens, vmap_method="broadcast_all")
+        return jax.pure_callback(host, shapes, q_lens, kv_lens, *arrays, vmap_method="broadcast_all")
 
     def allowed(self, data, q0, k0, bq: int, bk: int, kv_len) -> jax.Array:
         return lax.dynamic_slice(data[0], (q0, k0), (bq, bk))
@@ -583,11 +643,11 @@ class _Static:
     # batched and every iteration would select over the loop-carried state.
     implementation = "xla"
 
-    def forward(self, q, k, v, q_lens, kv_lens):
-        return _forward(self, q, k, v, q_lens, kv_lens)
+    def forward(self, q, k, v, q_lens, kv_lens, *arrays):
+        return _forward(self, q, k, v, q_lens, kv_lens, arrays)
 
-    def backward(self, q, k, v, out, lse, dout, dlse, q_lens, kv_lens):
-        return _backward(self, q, k, v, out, lse, dout, dlse, q_lens, kv_lens)
+    def backward(self, q, k, v, out, lse, dout, dlse, q_lens, kv_lens, *arrays):
+        return _backward(self, q, k, v, out, lse, dout, dlse, q_lens, kv_lens, arrays)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -742,12 +802,12 @@ def _tile_mask(ev, data_b, q0, k0, geo: _Geo, kv_len) -> jax.Array:
     return allowed & (k0 + jnp.arange(geo.bk, dtype=jnp.int32) < kv_len)[None, :]
 
 
-def _forward(static: _Static, q, k, v, q_lens, kv_lens):
+def _forward(static: _Static, q, k, v, q_lens, kv_lens, arrays=()):
     """Output (like ``q``) and lse (f32 ``[B, N, T]``)."""
     geo = _geometry(static, q.shape, k.shape)
     ev = _evaluator(static.mask)
     q_lens, kv_lens = _clamped_lengths(q_lens, kv_lens, geo)
-    data = ev.prepare(q_lens, kv_lens, geo.t, geo.s, geo.tp, geo.sp)
+    data = ev.prepare(q_lens, kv_lens, geo.t, geo.s, geo.tp, geo.sp, arrays)
     qb = _block_rows(q, geo, static.layout, q_lens) * static.sm_scale
     kb = _block_keys(k, geo, static.layout, kv_lens)
     vb = _block_keys(v, geo, static.layout, kv_lens)
@@ -796,12 +856,12 @@ def _forward(static: _Static, q, k, v, q_lens, kv_lens):
     return _unblock_rows(out, geo, static.layout), _unblock_stats(lse, geo)
 
 
-def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens):
+def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens, arrays=()):
     """dq, dk, dv (like q, k, v) for output cotangent ``dout`` and lse cotangent ``dlse``."""
     geo = _geometry(static, q.shape, k.shape)
     ev = _evaluator(static.mask)
     q_lens, kv_lens = _clamped_lengths(q_lens, kv_lens, geo)
-    data = ev.prepare(q_lens, kv_lens, geo.t, geo.s, geo.tp, geo.sp)
+    data = ev.prepare(q_lens, kv_lens, geo.t, geo.s, geo.tp, geo.sp, arrays)
     scale = static.sm_scale
     prec = static.precision
     kh, rows, bq, bk = geo.kh, geo.g * geo.bq, geo.bq, geo.bk
@@ -922,10 +982,12 @@ def xla_attention(q, k, v, q_lens=None, kv_lens=None, *, mask: ChillMask, sm_sca
     static = _Static(mask=mask, sm_scale=float(sm_scale), layout=layout, block_q=block_q, block_k=block_k,
                      precision=_PRECISIONS.get(precision, precision))
     geo = _geometry(static, q.shape, k.shape)
+    skeleton, arrays = split_arrays(mask, geo.b, geo.t, geo.s)
+    static = dataclasses.replace(static, mask=skeleton)
     q_lens = jnp.full((geo.b,), geo.t, jnp.int32) if q_lens is None else jnp.asarray(q_lens)
     kv_lens = jnp.full((geo.b,), geo.s, jnp.int32) if kv_lens is None else jnp.asarray(kv_lens)
     for name, lens in (("q_lens", q_lens), ("kv_lens", kv_lens)):
         if lens.shape != (geo.b,) or not jnp.issubdtype(lens.dtype, jnp.integer):
             raise ValueError(f"{name} must be an integer array of shape ({geo.b},), got {lens.dtype}{lens.shape}")
     q_lens, kv_lens = _clamped_lengths(q_lens, kv_lens, geo)
-    return _sharding.attention_op(static, q, k, v, q_lens, kv_lens)
+    return _sharding.attention_op(static, q, k, v, q_lens, kv_lens, *batched_arrays(arrays, geo.b))

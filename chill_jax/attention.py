@@ -16,7 +16,7 @@ from chill_jax import _autotune, _launch, _sharding, _xla
 from chill_jax.configs import AttentionConfig
 from chill_jax.kernels import attn_bwd_dkdv, attn_bwd_dq, attn_bwd_preprocess, attn_fwd
 from chill_jax.kernels import MAX_MASK_ARRAYS
-from chill_jax.masks import ChillMask, FullChillMask
+from chill_jax.masks import ChillMask, FullChillMask, batched_arrays, split_arrays
 
 LAYOUTS = ("BTNH", "BNTH")
 IMPLEMENTATIONS = ("triton", "interpret", "xla")
@@ -37,11 +37,11 @@ class _Static:
     precision: str
     prescale_qk: bool = False
 
-    def forward(self, q, k, v, q_lens, kv_lens):
-        return _forward(self, q, k, v, q_lens, kv_lens)
+    def forward(self, q, k, v, q_lens, kv_lens, *arrays):
+        return _forward(self, q, k, v, q_lens, kv_lens, arrays)
 
-    def backward(self, q, k, v, out, lse, dout, dlse, q_lens, kv_lens):
-        return _backward(self, q, k, v, out, lse, dout, dlse, q_lens, kv_lens)
+    def backward(self, q, k, v, out, lse, dout, dlse, q_lens, kv_lens, *arrays):
+        return _backward(self, q, k, v, out, lse, dout, dlse, q_lens, kv_lens, arrays)
 
 
 def _dims(x_shape: tuple[int, ...], layout: str) -> tuple[int, int, int, int]:
@@ -182,7 +182,9 @@ def attention(query, key, value, mask: ChillMask | None = None, *, lengths=None,
       key: ``[B, S, K, D]`` / ``[B, K, S, D]``, same dtype; ``N % K == 0``
         (each group of ``N // K`` query heads shares one key/value head).
       value: same shape as ``key``.
-      mask: a :class:`ChillMask` instance; None means full attention.
+      mask: a :class:`ChillMask` instance; None means full attention. Its
+        runtime arrays (if any; ``[B, ...]`` or ``[1, ...]``) are operands
+        of the kernels: new values never retrace.
       lengths: int ``[B]``, valid length of each example (queries and keys);
         values above the sequence length are clamped. Shorthand for both
         ``q_lengths`` and ``kv_lengths``.
@@ -253,6 +255,7 @@ def attention(query, key, value, mask: ChillMask | None = None, *, lengths=None,
     if not isinstance(mask, ChillMask):
         raise TypeError(f"mask must be a ChillMask instance or None, got {type(mask).__name__}")
     mask.spec()
+    skeleton, mask_arrays = split_arrays(mask, b, t, s)
     if lengths is not None and (q_lengths is not None or kv_lengths is not None):
         raise ValueError("pass either lengths or q_lengths/kv_lengths, not both")
     if lengths is not None:
@@ -289,7 +292,7 @@ def attention(query, key, value, mask: ChillMask | None = None, *, lengths=None,
         config = _autotune.resolve_config(impl, query.shape, key.shape, query.dtype, mask, layout=layout,
                                           sm_scale=float(sm_scale), precision=prec, prescale_qk=prescale_qk,
                                           autotune=autotune)
-    static = _Static(mask=mask, sm_scale=float(sm_scale), layout=layout, implementation=impl,
+    static = _Static(mask=skeleton, sm_scale=float(sm_scale), layout=layout, implementation=impl,
                      config=config, precision=prec, prescale_qk=prescale_qk)
-    out, lse = _sharding.attention_op(static, query, key, value, q_lens, kv_lens)
+    out, lse = _sharding.attention_op(static, query, key, value, q_lens, kv_lens, *batched_arrays(mask_arrays, b))
     return (out, lse) if return_lse else out

@@ -19,22 +19,31 @@ def _from_bnth(x: np.ndarray, layout: str) -> np.ndarray:
     return x if layout == "BNTH" else x.transpose(0, 2, 1, 3)
 
 
-def _allowed(mask: ChillMask, t: int, s: int, q_len: int, kv_len: int) -> np.ndarray:
+def _allowed(mask: ChillMask | np.ndarray, t: int, s: int, q_len: int, kv_len: int, example: int) -> np.ndarray:
     """Bool ``[t, s]``: the mask within the lengths (seq_len = kv_len)."""
     allowed = np.zeros((t, s), bool)
     if q_len > 0 and kv_len > 0:
-        allowed[:q_len, :kv_len] = mask.make_mask(q_len, kv_len, seq_len=kv_len)
+        if isinstance(mask, np.ndarray):
+            allowed[:q_len, :kv_len] = mask[example if mask.ndim == 3 else ...][:q_len, :kv_len]
+        else:
+            shared = all(np.shape(a)[0] == 1 for a in mask.arrays)  # one row serves every example
+            allowed[:q_len, :kv_len] = mask.make_mask(q_len, kv_len, seq_len=kv_len,
+                                                      example=0 if shared else example)
     return allowed
 
 
-def reference_attention(query, key, value, mask: ChillMask | None = None, *, lengths=None, q_lengths=None,
-                        kv_lengths=None, sm_scale: float | None = None, layout: str = "BTNH",
+def reference_attention(query, key, value, mask: ChillMask | np.ndarray | None = None, *, lengths=None,
+                        q_lengths=None, kv_lengths=None, sm_scale: float | None = None, layout: str = "BTNH",
                         dout=None, dlse=None) -> dict[str, np.ndarray]:
     """Attention in float64 with the semantics of :func:`chill_jax.attention`.
 
     Args:
-      query, key, value, mask, lengths, q_lengths, kv_lengths, sm_scale,
-        layout: as in :func:`chill_jax.attention`.
+      query, key, value, lengths, q_lengths, kv_lengths, sm_scale, layout: as
+        in :func:`chill_jax.attention`.
+      mask: a :class:`ChillMask` (evaluated through its own Triton ``mask``
+        method, per example for masks with arrays), or a dense bool array
+        ``[T, S]`` or ``[B, T, S]`` of allowed pairs (an independent
+        statement of the mask), or None for full attention.
       dout: optional cotangent of the output (query's shape).
       dlse: optional cotangent of the lse, ``[B, N, T]``.
 
@@ -54,10 +63,16 @@ def reference_attention(query, key, value, mask: ChillMask | None = None, *, len
         q_lengths = kv_lengths = lengths
     q_lens = np.full(b, t) if q_lengths is None else np.clip(np.asarray(q_lengths), 0, t)
     kv_lens = np.full(b, s) if kv_lengths is None else np.clip(np.asarray(kv_lengths), 0, s)
-    cache: dict[tuple[int, int], np.ndarray] = {}
+    if not isinstance(mask, ChillMask):
+        mask = np.asarray(mask, bool)
+        if mask.shape not in ((t, s), (b, t, s)):
+            raise ValueError(f"a dense mask must have shape {(t, s)} or {(b, t, s)}, got {mask.shape}")
+    # Examples with equal lengths share the evaluation unless it depends on the example.
+    per_example = isinstance(mask, np.ndarray) and mask.ndim == 3 or isinstance(mask, ChillMask) and mask.arrays
+    cache: dict[tuple[int, ...], np.ndarray] = {}
     allowed = np.stack([
-        cache.setdefault((int(ql), int(kl)), _allowed(mask, t, s, int(ql), int(kl)))
-        for ql, kl in zip(q_lens, kv_lens)])[:, None]  # [B, 1, T, S]
+        cache.setdefault((int(ql), int(kl), e if per_example else 0), _allowed(mask, t, s, int(ql), int(kl), e))
+        for e, (ql, kl) in enumerate(zip(q_lens, kv_lens))])[:, None]  # [B, 1, T, S]
     logits = np.einsum("bntd,bnsd->bnts", q, k) * scale
     logits = np.where(allowed, logits, -np.inf)
     row_max = logits.max(-1, keepdims=True)

@@ -304,3 +304,62 @@ class RadiusMask(ChillMask):
     def q_range_for_k(k, seq_len, args):
         bound, radius, causal = args
         return max(0, k - bound), min(k + bound, seq_len - 1)
+
+
+class PerExampleWindowMask(ChillMask):
+    """A causal sliding window whose size is a runtime array: query ``q`` of
+    example ``b`` attends to keys ``q - window[b] <= k <= q``.
+
+    Args:
+      window: integer ``[B]`` (or ``[1]``) window sizes, >= 0.
+    """
+
+    def __init__(self, window):
+        super().__init__((), {"window": window})
+
+    @staticmethod
+    def mask(q, k, args):
+        (window_ptr,) = args
+        window = tl.load(window_ptr)
+        diff = q[:, None] - k[None, :]
+        return (diff >= 0) & (diff <= window)
+
+    @staticmethod
+    def k_range_for_q(q, seq_len, args):
+        (window_ptr,) = args
+        window = tl.load(window_ptr)
+        return max(0, q - window), min(q, seq_len - 1)
+
+    @staticmethod
+    def q_range_for_k(k, seq_len, args):
+        (window_ptr,) = args
+        window = tl.load(window_ptr)
+        return k, min(k + window, seq_len - 1)
+
+
+class KeyScoreMask(ChillMask):
+    """Keys whose float score in a runtime ``[B, S]`` array reaches a constant
+    threshold (a float array: it must get no gradient); every query may see
+    any key, so the ranges are the whole sequence.
+
+    Args:
+      scores: float ``[B, S]`` per-key scores.
+      threshold: float constant.
+    """
+
+    def __init__(self, scores, threshold):
+        super().__init__((threshold,), {"scores": scores})
+
+    @staticmethod
+    def mask(q, k, seq_len, args):
+        threshold, scores = args
+        keep = tl.load(scores + k, mask=k < seq_len, other=-1e30) >= threshold
+        return keep[None, :] & (q[:, None] >= 0)
+
+    @staticmethod
+    def k_range_for_q(q, seq_len, args):
+        return 0, seq_len - 1
+
+    @staticmethod
+    def q_range_for_k(k, seq_len, args):
+        return 0, seq_len - 1

@@ -420,3 +420,21 @@ def test_sweep_writes_a_tuned_table(tmp_path, monkeypatch, capsys):
     assert len(written) == len(configs.load_table("default")) + 2
     rows = (tmp_path / "sweep.csv").read_text().splitlines()
     assert rows[0].startswith("shape,dtype,mask,step") and len(rows) > 6
+
+
+def test_autotune_array_masks(rng, cache_dir, searches):
+    """A mask with arrays tunes once per static part (class, constants,
+    composition), whatever the arrays' values; traced arrays cannot be timed:
+    a warning and the default configuration, nothing cached."""
+    q, k, v = random_qkv(rng, jnp.float32, q_len=40, head_dim=16)
+    ids = jnp.zeros((2, 40), jnp.int32)
+    with pytest.warns(UserWarning, match="carries traced arrays"):
+        jax.jit(lambda q, ids: _call(q, k, v, chill_jax.DocumentChillMask(ids)))(q, ids)
+    assert not searches and not os.path.exists(os.path.join(cache_dir, _autotune.CACHE_FILE))
+    _call(q, k, v, chill_jax.DocumentChillMask(ids))
+    _call(q, k, v, chill_jax.DocumentChillMask(ids + 1))
+    assert len(searches) == 1
+    _call(q, k, v, CausalChillMask() & FullChillMask())
+    _call(q, k, v, CausalChillMask() | FullChillMask())
+    assert len(searches) == 3
+    assert any("|" in key for key in _cache(cache_dir)) and any("&" in key for key in _cache(cache_dir))

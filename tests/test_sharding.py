@@ -37,7 +37,9 @@ SEQ_WARNING = "cannot keep the input sharding, gathering instead"
 # k/v), heads/kv_heads, layout, mode ("jit": jax.jit over sharded arrays,
 # "shard_map": the user's shard_map, "vmap": jit of vmap over a leading axis
 # of size 2, "in_shardings": unsharded arrays and jit in_shardings, "eager":
-# no jit), expect_gather (sequence-sharded cases).
+# no jit), expect_gather (sequence-sharded cases), mask ("document": a
+# DocumentChillMask & CausalChillMask built inside the step from segment ids
+# sharded like the lengths; default a sliding window).
 CASES = {
     "batch_auto": dict(kind="auto", mesh=(4,), qspec=("x",), kvspec=("x",)),
     "batch_explicit": dict(kind="explicit", mesh=(4,), qspec=("x",), kvspec=("x",)),
@@ -94,6 +96,16 @@ CASES = {
                                mode="shard_map", implementation="xla"),
     "xla_vmap_batch_sharded_auto": dict(kind="auto", mesh=(4,), qspec=(None, "x"), kvspec=(None, "x"), mode="vmap",
                                         implementation="xla"),
+    # Packed documents: the mask's segment-id tables are batch-sharded operands.
+    "document_batch_auto": dict(kind="auto", mesh=(4,), qspec=("x",), kvspec=("x",), mask="document"),
+    "document_batch_heads_explicit": dict(kind="explicit", mesh=(2, 2), qspec=("x", None, "y"),
+                                          kvspec=("x", None, "y"), mask="document"),
+    "document_shard_map_auto": dict(kind="auto", mesh=(2, 2), qspec=("x", None, "y"), kvspec=("x", None, "y"),
+                                    mode="shard_map", mask="document"),
+    "document_vmap_auto": dict(kind="auto", mesh=(4,), qspec=(None, "x"), kvspec=(None, "x"), mode="vmap",
+                               mask="document"),
+    "xla_document_batch_heads_auto": dict(kind="auto", mesh=(2, 2), qspec=("x", None, "y"),
+                                          kvspec=("x", None, "y"), mask="document", implementation="xla"),
     "seq_auto": dict(kind="auto", mesh=(4,), qspec=(None, "x"), kvspec=(None, "x"), expect_gather=True),
     "seq_explicit": dict(kind="explicit", mesh=(2, 2), qspec=("x", "y"), kvspec=("x", "y"), expect_gather=True),
     "seq_gspmd": dict(kind="auto", mesh=(4,), qspec=(None, "x"), kvspec=(None, "x"), expect_gather=True, gspmd=True),
@@ -131,9 +143,14 @@ def _worker(names: list[str]) -> None:
         q, k, v = normal(shape(heads)), normal(shape(kv_heads)), normal(shape(kv_heads))
         q_lens = jnp.asarray(rng.integers(T // 2, T + 1, size=(*lead, B)), jnp.int32)
         kv_lens = jnp.asarray(rng.integers(T // 2, T + 1, size=(*lead, B)), jnp.int32)
+        segment_ids = jnp.asarray(np.sort(rng.integers(0, 4, size=(*lead, B, T)), axis=-1), jnp.int32)
 
-        def loss(q, k, v, q_lens, kv_lens):
-            out, lse = chill_jax.attention(q, k, v, mask, q_lengths=q_lens, kv_lengths=kv_lens,
+        def loss(q, k, v, q_lens, kv_lens, segment_ids):
+            if case.get("mask") == "document":
+                case_mask = chill_jax.DocumentChillMask(segment_ids) & chill_jax.CausalChillMask()
+            else:
+                case_mask = mask
+            out, lse = chill_jax.attention(q, k, v, case_mask, q_lengths=q_lens, kv_lengths=kv_lens,
                                            return_lse=True, layout=layout,
                                            implementation=case.get("implementation", "interpret"))
             value = jnp.sum(out.astype(jnp.float32) ** 2) + jnp.sum(jnp.where(jnp.isfinite(lse), lse, 0.0) * 0.1)
@@ -147,7 +164,7 @@ def _worker(names: list[str]) -> None:
             (value, (out, lse)), (dq, dk, dv) = result
             return out, lse, dq, dk, dv
 
-        ref = flat(jax.jit(step)(q, k, v, q_lens, kv_lens))
+        ref = flat(jax.jit(step)(q, k, v, q_lens, kv_lens, segment_ids))
 
         axis_type = AxisType.Auto if case["kind"] == "auto" else AxisType.Explicit
         names_ = ("x", "y")[:len(case["mesh"])]
@@ -155,8 +172,8 @@ def _worker(names: list[str]) -> None:
         qspec, kvspec = P(*case["qspec"]), P(*case["kvspec"])
         batch_axis = len(lead)
         lens_spec = P(*[case["qspec"][i] if i < len(case["qspec"]) else None for i in range(batch_axis + 1)])
-        specs = (qspec, kvspec, kvspec, lens_spec, lens_spec)
-        arrays = (q, k, v, q_lens, kv_lens)
+        specs = (qspec, kvspec, kvspec, lens_spec, lens_spec, P(*lens_spec, None))
+        arrays = (q, k, v, q_lens, kv_lens, segment_ids)
         placed = tuple(jax.device_put(a, NamedSharding(mesh, s)) for a, s in zip(arrays, specs))
 
         hlo = None
