@@ -253,7 +253,9 @@ def attn_bwd_dq(
     DQ has the layout of Q. Grid: ``(cdiv(Q_LEN, BLOCK_M), B * NUM_HEADS)``.
     Key tiles are visited in three runs as in the forward kernel.
     """
-    pid_m = tl.program_id(0)
+    # Last query tiles first: under causal-like masks they have the most key
+    # tiles, so the long programs start early and the last wave is short.
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // NUM_HEADS
     h = pid_bh % NUM_HEADS

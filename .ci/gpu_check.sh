@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
+#
+# On a CUDA machine with jax, jaxlib (CUDA), triton, jax-triton and the test
+# dependencies installed, and chill-jax installed editable: runs the test
+# suite with implementation="triton" only, then the kernels under
+# compute-sanitizer (memcheck, racecheck). Logs go to $OUT (default ./gpu-logs).
+#
+# Usage: bash .ci/gpu_check.sh [pytest args...]
+set -uo pipefail
+out="${OUT:-gpu-logs}"
+mkdir -p "$out"
+export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$(mktemp -d)}"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+
+echo "== pytest (triton)"
+CHILL_JAX_TEST_IMPLEMENTATIONS=triton XLA_PYTHON_CLIENT_MEM_FRACTION=0.05 \
+  python3 -m pytest tests -q -n "${PYTEST_WORKERS:-12}" -p no:cacheprovider "$@" 2>&1 | tee "$out/pytest_triton.log" | tail -40
+echo "pytest status: ${PIPESTATUS[0]}"
+
+for tool in memcheck racecheck; do
+  echo "== compute-sanitizer $tool"
+  XLA_PYTHON_CLIENT_PREALLOCATE=false compute-sanitizer --tool "$tool" --kernel-regex kns=attn_ \
+    --error-exitcode 3 python3 tests/sanitizer_check.py > "$out/sanitizer_$tool.log" 2>&1
+  echo "compute-sanitizer $tool status: $?"
+  tail -12 "$out/sanitizer_$tool.log"
+done

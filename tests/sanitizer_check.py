@@ -1,0 +1,66 @@
+# Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
+"""Forward and backward kernels on a GPU for compute-sanitizer (not a pytest file).
+
+Runs ``implementation="triton"`` forward + backward for several masks (a
+packed-document mask with arrays among them), odd lengths, per-example
+lengths and head dims, checks every result against the float64 reference,
+and prints one line per case. Meant to run under NVIDIA's compute-sanitizer
+on a CUDA machine, restricted to this library's kernels::
+
+    XLA_PYTHON_CLIENT_PREALLOCATE=false compute-sanitizer --tool memcheck \\
+        --kernel-regex kns=attn_ --error-exitcode 3 python tests/sanitizer_check.py
+    (same with --tool racecheck)
+
+Exit status: 0 when every case matches the reference, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import chill_jax  # noqa: E402
+from testing_utils import attention_and_grads, check_against_reference, normal, random_qkv  # noqa: E402
+
+
+def cases():
+    """(name, mask, dtype, batch, q_len, kv_len, heads, kv_heads, head_dim, lengths)."""
+    ids = np.sort(np.random.default_rng(7).integers(0, 3, size=(2, 77)), axis=1).astype(np.int32)
+    ids[1, -9:] = -1
+    yield "full_d40_t77", chill_jax.FullChillMask(), jnp.bfloat16, 2, 77, 77, 2, 2, 40, [77, 31]
+    yield "causal_d64_t130", chill_jax.CausalChillMask(), jnp.float16, 2, 130, 130, 4, 2, 64, [130, 1]
+    yield "window_d128_t200", chill_jax.SlidingWindowChillMask(33, 5), jnp.bfloat16, 1, 200, 200, 2, 1, 128, [199]
+    yield "chunk_d96_t150", chill_jax.ChunkwiseChillMask(40, 1), jnp.float32, 2, 150, 150, 2, 2, 96, [150, 0]
+    yield "prefix_d256_t70", chill_jax.PrefixLMChillMask(20), jnp.bfloat16, 1, 70, 70, 1, 1, 256, None
+    yield "cross_d64_t50_s190", chill_jax.CausalChillMask(), jnp.bfloat16, 2, 50, 190, 2, 2, 64, None
+    yield ("documents_causal_d64_t77", chill_jax.DocumentChillMask(ids) & chill_jax.CausalChillMask(),
+           jnp.bfloat16, 2, 77, 77, 2, 2, 64, [77, 60])
+
+
+def main() -> int:
+    rng = np.random.default_rng(0)
+    failures = 0
+    for name, mask, dtype, b, t, s, n, kh, d, lengths in cases():
+        q, k, v = random_qkv(rng, dtype, batch=b, q_len=t, kv_len=s, heads=n, kv_heads=kh, head_dim=d)
+        dout = normal(rng, q.shape, dtype)
+        kwargs = dict(implementation="triton")
+        if lengths is not None:
+            kwargs["q_lengths"] = jnp.asarray(lengths, jnp.int32)
+        try:
+            result = attention_and_grads(q, k, v, mask, dout=dout, **kwargs)
+            check_against_reference(result, q, k, v, mask, dout=dout, **kwargs)
+            print(f"ok   {name}", flush=True)
+        except AssertionError as e:
+            failures += 1
+            print(f"FAIL {name}: {e}", flush=True)
+    print(f"{failures} failure(s)", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
