@@ -7,6 +7,8 @@
 # compute-sanitizer (memcheck, racecheck). Logs go to $OUT (default ./gpu-logs).
 #
 # Usage: bash .ci/gpu_check.sh [pytest args...]
+# Environment: PYTEST_TARGETS (default "tests"), PYTEST_WORKERS (default 12),
+# SANITIZER=0 skips compute-sanitizer.
 set -uo pipefail
 out="${OUT:-gpu-logs}"
 mkdir -p "$out"
@@ -16,12 +18,13 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 
 echo "== pytest (triton)"
 CHILL_JAX_TEST_IMPLEMENTATIONS=triton XLA_PYTHON_CLIENT_MEM_FRACTION=0.05 \
-  python3 -m pytest tests -q -n "${PYTEST_WORKERS:-12}" -p no:cacheprovider "$@" 2>&1 | tee "$out/pytest_triton.log" | tail -40
+  python3 -m pytest ${PYTEST_TARGETS:-tests} -q -n "${PYTEST_WORKERS:-12}" -p no:cacheprovider "$@" 2>&1 | tee "$out/pytest_triton.log" | tail -40
 echo "pytest status: ${PIPESTATUS[0]}"
 
+[ "${SANITIZER:-1}" = 0 ] && exit 0
 for tool in memcheck racecheck; do
   echo "== compute-sanitizer $tool"
-  XLA_PYTHON_CLIENT_PREALLOCATE=false compute-sanitizer --tool "$tool" --kernel-regex kns=attn_ \
+  XLA_PYTHON_CLIENT_PREALLOCATE=false compute-sanitizer --tool "$tool" --kernel-name kns=attn_ \
     --error-exitcode 3 python3 tests/sanitizer_check.py > "$out/sanitizer_$tool.log" 2>&1
   echo "compute-sanitizer $tool status: $?"
   tail -12 "$out/sanitizer_$tool.log"

@@ -1,6 +1,7 @@
 """Compiles kernels for sm_90 on the host with Triton's own compiler (no GPU)."""
 
 import inspect
+import tempfile
 
 import numpy as np
 import triton
@@ -35,6 +36,8 @@ def compile_sm90(kernel, args, out_dtypes, constexprs, num_warps=4, num_stages=2
         sig[k] = "constexpr"
     attrs = {(i,): [["tt.divisibility", 16]] for i, t in enumerate(types) if t.startswith("*")}
     src = ASTSource(kernel, signature=sig, constexprs=consts, attrs=attrs)
+    if not triton.knobs.cache.dir:  # triton.compile needs one (seen unset on a GPU image)
+        triton.knobs.cache.dir = tempfile.mkdtemp(prefix="triton-cache-")
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": num_warps, "num_stages": num_stages})
 

@@ -8,7 +8,7 @@ and prints one line per case. Meant to run under NVIDIA's compute-sanitizer
 on a CUDA machine, restricted to this library's kernels::
 
     XLA_PYTHON_CLIENT_PREALLOCATE=false compute-sanitizer --tool memcheck \\
-        --kernel-regex kns=attn_ --error-exitcode 3 python tests/sanitizer_check.py
+        --kernel-name kns=attn_ --error-exitcode 3 python tests/sanitizer_check.py
     (same with --tool racecheck)
 
 Exit status: 0 when every case matches the reference, 1 otherwise.
