@@ -124,7 +124,7 @@ def time_torch(torch, fn, reps: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES))
+    parser.add_argument("--shapes", nargs="*", default=list(SHAPES))
     parser.add_argument("--masks", nargs="+", default=list(MASKS))
     parser.add_argument("--impls", nargs="+", default=["chill_jax", "cudnn", "flex", "pallas", "xla"])
     parser.add_argument("--passes", nargs="+", default=["fwd", "fwd+bwd"])

@@ -90,3 +90,22 @@ def _check_compiles(mask, dtype, head_dim, heads, kv_heads, layout, precision, c
         assert compiled.metadata.num_warps == kernel_config.num_warps, name
         assert 0 < compiled.metadata.shared <= H100_MAX_SHARED, (name, compiled.metadata.shared, kernel_config)
         assert "cubin" in compiled.asm, name
+
+
+def _array_masks():
+    ids = np.sort(np.random.default_rng(0).integers(0, 3, size=(2, 200)), axis=1).astype(np.int32)
+    return [
+        pytest.param(chill_jax.DocumentChillMask(ids) & CausalChillMask(), id="documents&causal"),
+        pytest.param(custom_masks.PerExampleWindowMask(jnp.asarray([5, 50])), id="per_example_window"),
+        pytest.param(custom_masks.KeyScoreMask(jnp.ones((2, 200), jnp.float32), 0.5), id="key_scores"),
+        pytest.param(PrefixLMChillMask(jnp.asarray([3, 70])) | SlidingWindowChillMask(8, 8), id="prefix_array|window"),
+        pytest.param(ChunkwiseChillMask(32, 1) & custom_masks.LocalWindowMask(9, 2), id="chunkwise&custom"),
+    ]
+
+
+@pytest.mark.parametrize("mask", _array_masks())
+def test_array_and_composed_masks_compile_for_sm90(mask):
+    """Masks with runtime arrays (pointer loads in the mask methods) and
+    generated composition methods compile for sm_90 in every kernel."""
+    config = default_config("triton", 64, 2, mask, generation="hopper")
+    _check_compiles(mask, jnp.bfloat16, 64, 2, 2, "BTNH", None, config)

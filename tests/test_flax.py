@@ -34,6 +34,15 @@ MASKS = (CausalChillMask(), SlidingWindowChillMask(20, 7))
 EXAMPLE = pathlib.Path(__file__).resolve().parent.parent / "examples" / "train_lm.py"
 
 
+@pytest.fixture(autouse=True)
+def _exact_float32_matmuls():
+    """Flax's own attention and projections in full float32 (on GPUs JAX's
+    default float32 matmul is TF32, ~1e-3 off), like chill-jax's default
+    ``precision="ieee"``."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def _inputs(seed: int = 0) -> tuple[jax.Array, jax.Array]:
     """A random ``[B, T, FEATURES]`` input and the output weights of the test loss."""
     kx, kw = jax.random.split(jax.random.key(seed))
