@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from typing import Any, Sequence
 
 import jax
@@ -19,12 +20,22 @@ IMPLEMENTATIONS = ("triton", "interpret")
 
 @functools.lru_cache(maxsize=None)
 def _jax_triton():
+    # jax-triton's import sets TRITON_CACHE_DIR to "" for the whole process,
+    # which breaks every later triton.compile there (torch.compile and
+    # FlexAttention among them: "Could not create or locate cache dir"). Its
+    # own compiles do not use Triton's cache, so the caller's value is put back.
+    saved = os.environ.get("TRITON_CACHE_DIR")
     try:
         import jax_triton  # noqa: PLC0415 (needs a CUDA jaxlib)
     except ImportError as e:  # jax-triton raises ImportError on CPU-only jaxlib
         raise RuntimeError(
             "implementation='triton' needs jax-triton and a CUDA jaxlib "
             f"(pip install 'chill-jax[cuda]'): {e}") from e
+    finally:
+        if saved is None:
+            os.environ.pop("TRITON_CACHE_DIR", None)
+        else:
+            os.environ["TRITON_CACHE_DIR"] = saved
     return jax_triton
 
 

@@ -1,7 +1,9 @@
 # Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
 """Bad arguments raise TypeError/ValueError naming the argument."""
 
+import os
 import re
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -127,3 +129,27 @@ def test_valid_configs_accepted():
     """The smallest legal tiles and an AttentionConfig of them construct."""
     config = AttentionConfig(KernelConfig(16, 16, 1, 1), KernelConfig(32, 16), KernelConfig(16, 128, 8, 4))
     assert config.fwd.block_m == 16 and config.bwd_dq.block_n == 128
+
+
+@pytest.mark.parametrize("before", [None, "/some/triton/cache"])
+def test_jax_triton_import_keeps_triton_cache_dir(tmp_path, monkeypatch, before):
+    """jax-triton's import blanks TRITON_CACHE_DIR for the process (later
+    triton.compile calls, torch's FlexAttention among them, then fail); the
+    launcher puts the caller's value back. A stand-in module does what
+    jax-triton 0.3.1 does at import."""
+    from chill_jax import _launch
+
+    (tmp_path / "jax_triton.py").write_text('import os\nos.environ["TRITON_CACHE_DIR"] = ""\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "jax_triton", raising=False)
+    if before is None:
+        monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    else:
+        monkeypatch.setenv("TRITON_CACHE_DIR", before)
+    _launch._jax_triton.cache_clear()
+    try:
+        assert _launch._jax_triton().__file__ == str(tmp_path / "jax_triton.py")
+        assert os.environ.get("TRITON_CACHE_DIR") == before
+    finally:
+        _launch._jax_triton.cache_clear()
+        sys.modules.pop("jax_triton", None)
