@@ -35,7 +35,8 @@ def main(path: str) -> int:
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(vals.get(i, "–") or "–" for i in impls)
                      + f" | {ratio} |")
         name = key[0].replace("_", "\n", 1).replace("_", ",")
-        labels.append(f"{name}\n{key[2]}")
+        t, d = key[1].split("x")[2:]
+        labels.append(f"{name}\nT{t} D{d}\n{key[2]}")
         ours.append(mine or 0.0)
         best.append(max(peer) if peer else 0.0)
     out = Path(path).with_suffix("")
