@@ -110,7 +110,7 @@ def attn_bwd_dkdv(
     PRECISION: tl.constexpr, PRESCALE: tl.constexpr,
     MASK_FN: tl.constexpr, MASK_TAKES_LEN: tl.constexpr,
     Q_RANGE_FN: tl.constexpr, Q_CONTINUOUS: tl.constexpr,
-    FULL_FN: tl.constexpr, PACK: tl.constexpr,
+    FULL_FN: tl.constexpr, SPLIT_FULL: tl.constexpr, PACK: tl.constexpr,
     A0: tl.constexpr, A1: tl.constexpr, A2: tl.constexpr, A3: tl.constexpr,
     A4: tl.constexpr, A5: tl.constexpr, A6: tl.constexpr, A7: tl.constexpr,
     A8: tl.constexpr, A9: tl.constexpr, A10: tl.constexpr, A11: tl.constexpr,
@@ -122,7 +122,8 @@ def attn_bwd_dkdv(
 
     DK/DV have the layout of K/V (strides ``SK*``/``SV*``). DOut shares the
     query layout. Grid: ``(cdiv(KV_LEN, BLOCK_N), B * (NUM_HEADS // GROUP))``.
-    Query tiles are visited in three runs as in the forward kernel.
+    Query tiles are visited as in the forward kernel (three runs with
+    ``SPLIT_FULL``).
     """
     KV_HEADS: tl.constexpr = NUM_HEADS // GROUP
     pid_n = tl.program_id(0)
@@ -153,29 +154,36 @@ def attn_bwd_dkdv(
         count = tl.minimum(kv_len - start_n, BLOCK_N)
         first, end = tile_loop_bounds(start_n, count, q_len, Q_RANGE_FN,
                                       Q_CONTINUOUS, BLOCK_N, ARGS, BLOCK_M)
-        if start_n + BLOCK_N <= kv_len:
-            full_lo, full_hi = full_tile_span(start_n, first, end, q_len, kv_len, FULL_FN,
-                                              False, BLOCK_M, BLOCK_N, ARGS)
-        else:
-            full_lo = end
-            full_hi = end
+        if SPLIT_FULL:
+            if start_n + BLOCK_N <= kv_len:
+                full_lo, full_hi = full_tile_span(start_n, first, end, q_len, kv_len, FULL_FN,
+                                                  False, BLOCK_M, BLOCK_N, ARGS)
+            else:
+                full_lo = end
+                full_hi = end
         for g in range(GROUP):
             h = kvh * GROUP + g
             q_base = Q + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH
             do_base = DOut + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH
             stat_base = (b * NUM_HEADS + h).to(tl.int64) * Q_LEN
-            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, stat_base, Lse, Delta, first,
-                                 full_lo, offs_n, q_len, kv_len, qk_scale, SQT, HEAD_DIM,
-                                 BLOCK_D, BLOCK_M, PRECISION, PRESCALE, True, MASK_FN,
-                                 MASK_TAKES_LEN, ARGS)
-            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, stat_base, Lse, Delta, full_lo,
-                                 full_hi, offs_n, q_len, kv_len, qk_scale, SQT, HEAD_DIM,
-                                 BLOCK_D, BLOCK_M, PRECISION, PRESCALE, False, MASK_FN,
-                                 MASK_TAKES_LEN, ARGS)
-            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, stat_base, Lse, Delta, full_hi,
-                                 end, offs_n, q_len, kv_len, qk_scale, SQT, HEAD_DIM,
-                                 BLOCK_D, BLOCK_M, PRECISION, PRESCALE, True, MASK_FN,
-                                 MASK_TAKES_LEN, ARGS)
+            if SPLIT_FULL:
+                dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, stat_base, Lse, Delta, first,
+                                     full_lo, offs_n, q_len, kv_len, qk_scale, SQT, HEAD_DIM,
+                                     BLOCK_D, BLOCK_M, PRECISION, PRESCALE, True, MASK_FN,
+                                     MASK_TAKES_LEN, ARGS)
+                dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, stat_base, Lse, Delta, full_lo,
+                                     full_hi, offs_n, q_len, kv_len, qk_scale, SQT, HEAD_DIM,
+                                     BLOCK_D, BLOCK_M, PRECISION, PRESCALE, False, MASK_FN,
+                                     MASK_TAKES_LEN, ARGS)
+                dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, stat_base, Lse, Delta, full_hi,
+                                     end, offs_n, q_len, kv_len, qk_scale, SQT, HEAD_DIM,
+                                     BLOCK_D, BLOCK_M, PRECISION, PRESCALE, True, MASK_FN,
+                                     MASK_TAKES_LEN, ARGS)
+            else:
+                dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, stat_base, Lse, Delta, first,
+                                     end, offs_n, q_len, kv_len, qk_scale, SQT, HEAD_DIM,
+                                     BLOCK_D, BLOCK_M, PRECISION, PRESCALE, True, MASK_FN,
+                                     MASK_TAKES_LEN, ARGS)
 
     dk = dk * sm_scale
     st_mask = (offs_n[:, None] < KV_LEN) & d_ok[None, :]
@@ -240,7 +248,7 @@ def attn_bwd_dq(
     PRECISION: tl.constexpr, PRESCALE: tl.constexpr,
     MASK_FN: tl.constexpr, MASK_TAKES_LEN: tl.constexpr,
     K_RANGE_FN: tl.constexpr, K_CONTINUOUS: tl.constexpr,
-    FULL_FN: tl.constexpr, PACK: tl.constexpr,
+    FULL_FN: tl.constexpr, SPLIT_FULL: tl.constexpr, PACK: tl.constexpr,
     A0: tl.constexpr, A1: tl.constexpr, A2: tl.constexpr, A3: tl.constexpr,
     A4: tl.constexpr, A5: tl.constexpr, A6: tl.constexpr, A7: tl.constexpr,
     A8: tl.constexpr, A9: tl.constexpr, A10: tl.constexpr, A11: tl.constexpr,
@@ -251,7 +259,8 @@ def attn_bwd_dq(
     """One program computes dQ of one query tile of one (batch, head).
 
     DQ has the layout of Q. Grid: ``(cdiv(Q_LEN, BLOCK_M), B * NUM_HEADS)``.
-    Key tiles are visited in three runs as in the forward kernel.
+    Key tiles are visited as in the forward kernel (three runs with
+    ``SPLIT_FULL``).
     """
     # Last query tiles first: under causal-like masks they have the most key
     # tiles, so the long programs start early and the last wave is short.
@@ -293,17 +302,22 @@ def attn_bwd_dq(
         count = tl.minimum(q_len - start_m, BLOCK_M)
         first, end = tile_loop_bounds(start_m, count, kv_len, K_RANGE_FN,
                                       K_CONTINUOUS, BLOCK_M, ARGS, BLOCK_N)
-        full_lo, full_hi = full_tile_span(start_m, first, end, kv_len, kv_len, FULL_FN,
-                                          True, BLOCK_M, BLOCK_N, ARGS)
-        dq = _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, first, full_lo, offs_m,
-                       kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N, PRECISION,
-                       PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
-        dq = _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, full_lo, full_hi, offs_m,
-                       kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N, PRECISION,
-                       PRESCALE, False, MASK_FN, MASK_TAKES_LEN, ARGS)
-        dq = _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, full_hi, end, offs_m,
-                       kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N, PRECISION,
-                       PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
+        if SPLIT_FULL:
+            full_lo, full_hi = full_tile_span(start_m, first, end, kv_len, kv_len, FULL_FN,
+                                              True, BLOCK_M, BLOCK_N, ARGS)
+            dq = _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, first, full_lo, offs_m,
+                           kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N, PRECISION,
+                           PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
+            dq = _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, full_lo, full_hi, offs_m,
+                           kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N, PRECISION,
+                           PRESCALE, False, MASK_FN, MASK_TAKES_LEN, ARGS)
+            dq = _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, full_hi, end, offs_m,
+                           kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N, PRECISION,
+                           PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
+        else:
+            dq = _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, first, end, offs_m,
+                           kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N, PRECISION,
+                           PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
 
     dq = dq * sm_scale
     dq_base = DQ + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH

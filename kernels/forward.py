@@ -79,7 +79,7 @@ def attn_fwd(
     PRECISION: tl.constexpr, PRESCALE: tl.constexpr,
     MASK_FN: tl.constexpr, MASK_TAKES_LEN: tl.constexpr,
     K_RANGE_FN: tl.constexpr, K_CONTINUOUS: tl.constexpr,
-    FULL_FN: tl.constexpr, PACK: tl.constexpr,
+    FULL_FN: tl.constexpr, SPLIT_FULL: tl.constexpr, PACK: tl.constexpr,
     A0: tl.constexpr, A1: tl.constexpr, A2: tl.constexpr, A3: tl.constexpr,
     A4: tl.constexpr, A5: tl.constexpr, A6: tl.constexpr, A7: tl.constexpr,
     A8: tl.constexpr, A9: tl.constexpr, A10: tl.constexpr, A11: tl.constexpr,
@@ -95,9 +95,10 @@ def attn_fwd(
     ``[B, N, Q_LEN]`` (natural log; ``-inf`` for rows with no allowed key or
     at/after the query length). Grid: ``(cdiv(Q_LEN, BLOCK_M), B * N)``.
 
-    The key tiles in the mask's range hull are visited in three runs: the
-    tiles before the first run of full tiles and after it evaluate the mask,
-    the run itself (``full_tile_span``) does not.
+    The key tiles in the mask's range hull are visited in three runs when
+    ``SPLIT_FULL``: the tiles before the first run of full tiles and after it
+    evaluate the mask, the run itself (``full_tile_span``) does not; without
+    it, in one loop that evaluates the mask on every tile.
     """
     # Last query tiles first: under causal-like masks they have the most key
     # tiles, so the long programs start early and the last wave is short.
@@ -133,17 +134,22 @@ def attn_fwd(
         count = tl.minimum(q_len - start_m, BLOCK_M)
         first, end = tile_loop_bounds(start_m, count, kv_len, K_RANGE_FN,
                                       K_CONTINUOUS, BLOCK_M, ARGS, BLOCK_N)
-        full_lo, full_hi = full_tile_span(start_m, first, end, kv_len, kv_len, FULL_FN,
-                                          True, BLOCK_M, BLOCK_N, ARGS)
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, first, full_lo, offs_m,
-                                   kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,
-                                   PRECISION, PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, full_lo, full_hi, offs_m,
-                                   kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,
-                                   PRECISION, PRESCALE, False, MASK_FN, MASK_TAKES_LEN, ARGS)
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, full_hi, end, offs_m,
-                                   kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,
-                                   PRECISION, PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
+        if SPLIT_FULL:
+            full_lo, full_hi = full_tile_span(start_m, first, end, kv_len, kv_len, FULL_FN,
+                                              True, BLOCK_M, BLOCK_N, ARGS)
+            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, first, full_lo, offs_m,
+                                       kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,
+                                       PRECISION, PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
+            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, full_lo, full_hi, offs_m,
+                                       kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,
+                                       PRECISION, PRESCALE, False, MASK_FN, MASK_TAKES_LEN, ARGS)
+            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, full_hi, end, offs_m,
+                                       kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,
+                                       PRECISION, PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
+        else:
+            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, first, end, offs_m,
+                                       kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,
+                                       PRECISION, PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
 
     row_ok = (offs_m < q_len) & (l_i > 0.0)
     out = acc / tl.where(row_ok, l_i, 1.0)[:, None]

@@ -530,3 +530,29 @@ def test_bnth_equals_transposed_btnh(implementation, rng):
     for name in ("out", "dq", "dk", "dv"):
         np.testing.assert_array_equal(to_bnth(as_f64(btnh[name]), "BTNH"), as_f64(bnth[name]), err_msg=name)
     np.testing.assert_array_equal(np.asarray(btnh["lse"]), np.asarray(bnth["lse"]))
+
+
+@pytest.mark.parametrize("dtype,mask,expected", [
+    (jnp.bfloat16, CausalChillMask(), True),
+    (jnp.float16, PrefixLMChillMask(40), True),
+    (jnp.float32, CausalChillMask(), False),
+    (jnp.bfloat16, custom_masks.LocalWindowMask(9, 4), False),
+], ids=["bf16-causal", "fp16-prefix", "fp32-causal", "bf16-no-full-blocks"])
+def test_full_tile_runs(kernel_implementation, rng, dtype, mask, expected):
+    """Tiles declared full get a loop of their own (SPLIT_FULL) for 16-bit
+    inputs of masks that declare full tiles, not for float32 inputs; both
+    forms match the reference."""
+    q, k, v = random_qkv(rng, dtype, batch=2, q_len=150, heads=2, head_dim=32)
+    kwargs = dict(lengths=random_lengths(rng, 2, 150), implementation=kernel_implementation)
+
+    def loss(q, k, v):
+        return chill_jax.attention(q, k, v, mask, **kwargs).astype(jnp.float32).sum()
+
+    jax.clear_caches()  # record_launches sees only launches traced anew
+    launches = compile_check.record_launches(jax.grad(loss, argnums=(0, 1, 2)), q, k, v)
+    split = {kernel.fn.__name__: consts.get("SPLIT_FULL") for kernel, _, _, consts, _ in launches}
+    assert split == dict(attn_fwd=expected, attn_bwd_preprocess=None, attn_bwd_dkdv=expected,
+                         attn_bwd_dq=expected)
+    dout, dlse = _cotangents(rng, q, 2, 150)
+    result = attention_and_grads(q, k, v, mask, dout=dout, dlse=dlse, **kwargs)
+    check_against_reference(result, q, k, v, mask, dout=dout, dlse=dlse, **kwargs)
