@@ -104,6 +104,32 @@ def test_builtin_masks_property(mask, q_len, kv_len):
     mask.verify(q_len, kv_len)
 
 
+@st.composite
+def _composed_masks(draw, depth: int = 2) -> ChillMask:
+    """A built-in mask, or ``a & b`` / ``a | b`` of random (nested) ones."""
+    if depth == 0 or draw(st.booleans()):
+        return draw(_builtin_masks())
+    a, b = draw(_composed_masks(depth - 1)), draw(_composed_masks(depth - 1))
+    return a & b if draw(st.booleans()) else a | b
+
+
+def _composed_dense(mask: ChillMask, q_len: int, kv_len: int) -> np.ndarray:
+    if isinstance(mask, chill_jax.ComposedChillMask):
+        a, b = (_composed_dense(m, q_len, kv_len) for m in mask.operands)
+        return a & b if mask.op == "&" else a | b
+    return dense_numpy(mask, q_len, kv_len)
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(mask=_composed_masks(), q_len=st.integers(1, 150), kv_len=st.integers(1, 150))
+def test_composed_masks_property(mask, q_len, kv_len):
+    """Random compositions of built-ins: the generated ``mask`` combines the
+    operands' dense masks, and the generated ranges and full-block claims
+    pass verify."""
+    np.testing.assert_array_equal(mask.make_mask(q_len, kv_len), _composed_dense(mask, q_len, kv_len))
+    mask.verify(q_len, kv_len)
+
+
 def _tight_hull(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """First and last allowed column of each row, and which rows allow any."""
     any_allowed = dense.any(1)
