@@ -18,7 +18,7 @@ casts (to ``tl.int1`` as ``!= 0``), and Python ``if``/``while``/``int()``/
 ``bool()`` on a tensor raise. Supported ``triton.language`` names:
 ``where minimum maximum clamp abs cdiv arange full zeros zeros_like
 broadcast_to reshape expand_dims trans permute sum max min exp exp2 log log2
-sqrt floor ceil fma constexpr static_range static_assert static_print
+sqrt floor ceil fma load constexpr static_range static_assert static_print
 device_assert tensor`` and the integer/float dtypes, also through
 ``tl.math``; helper functions decorated with ``@triton.jit`` that a method
 calls are converted the same way. As in the kernels, ``mask`` gets int32
@@ -28,12 +28,17 @@ the range methods get one scalar position (vectors of positions go through
 (``q_range_for_k``) length. The lengths are traced, so changing them never
 retraces.
 
-Fallback. When a mask uses anything else (pointer loads, Python control flow
-on positions, ...), the conversion is detected once per mask by tracing the
+A mask's runtime arrays reach the methods as pointers to the example's row
+(a flat JAX array and an offset): ``ptr + offsets`` and ``tl.load(ptr,
+mask=..., other=...)`` gather from it (offsets clamped into the row).
+
+Fallback. When a mask uses anything else (stores, Python control flow on
+positions, ...), the conversion is detected once per mask by tracing the
 methods abstractly and a warning is issued; the methods then run through
 Triton's interpreter (``ChillMask.make_mask`` / ``ChillMask.ranges``) from
 a ``jax.pure_callback``, once per distinct (query length, key length) pair
-of an example and cached (32 pairs). That costs about 1 ms per 64 x 64 tile
+of an example and cached (32 pairs; masks with arrays: once per example and
+call, uncached). That costs about 1 ms per 64 x 64 tile
 of the mask (a second per new length pair at 2048 x 2048) and materializes a
 bool ``[B, T, S]`` mask per call, so it is meant for experimenting only.
 

@@ -363,3 +363,15 @@ class KeyScoreMask(ChillMask):
     @staticmethod
     def q_range_for_k(k, seq_len, args):
         return 0, seq_len - 1
+
+
+class CastWindowMask(PerExampleWindowMask):
+    """:class:`PerExampleWindowMask` whose ``mask`` uses ``tl.cast``, which
+    the xla implementation's shim lacks: it falls back to the interpreter."""
+
+    @staticmethod
+    def mask(q, k, args):
+        (window_ptr,) = args
+        window = tl.cast(tl.load(window_ptr), tl.int32)
+        diff = q[:, None] - k[None, :]
+        return (diff >= 0) & (diff <= window)

@@ -263,3 +263,13 @@ def test_array_mask_validation():
     with pytest.raises(TypeError, match="needs concrete arrays"):
         jax.jit(lambda i: DocumentChillMask(i).make_mask(16))(ids)
     assert chill_jax.attention(q, q, q, DocumentChillMask(ids), implementation="xla").shape == q.shape
+
+
+def test_xla_interpreter_fallback_with_arrays(rng):
+    """A mask with arrays that the xla shim cannot evaluate falls back (with
+    a warning) to the interpreter, per example, and stays exact."""
+    t = 70
+    window = np.array([2, 30], np.int32)
+    dense = np.stack([positions_dense(lambda q, k, w=w: (q - k >= 0) & (q - k <= w), t, t) for w in window])
+    with pytest.warns(UserWarning, match="falling back to Triton's interpreter"):
+        _check("xla", rng, custom_masks.CastWindowMask(jnp.asarray(window)), dense, t=t)
