@@ -84,13 +84,10 @@ class ArraySlot:
     Attributes:
       shape: the array's shape, ``[B or 1, ...]``.
       dtype: its dtype name (``"int32"`` or ``"float32"``).
-      shared: whether one row serves every example of a larger batch
-        (leading dim 1, batch stride 0).
     """
 
     shape: tuple[int, ...]
     dtype: str
-    shared: bool = False
 
     @property
     def ndim(self) -> int:
@@ -182,10 +179,10 @@ def _describe(x: Any) -> str:
     return f"{dtype}[{', '.join(str(d) for d in x.shape)}]"
 
 
-def _slot_of(x: Any, shared: bool = False) -> ArraySlot:
+def _slot_of(x: Any) -> ArraySlot:
     if isinstance(x, ArraySlot):
         return x
-    return ArraySlot(tuple(int(d) for d in x.shape), np.dtype(x.dtype).name, shared)
+    return ArraySlot(tuple(int(d) for d in x.shape), np.dtype(x.dtype).name)
 
 
 def _same_array(x: Any, y: Any) -> bool:
@@ -531,7 +528,7 @@ def split_arrays(mask: ChillMask, batch: int, q_len: int, kv_len: int) -> tuple[
         if len(x.shape) < 1 or x.shape[0] not in (batch, 1):
             raise ValueError(f"mask {mask!r}: array {name} has shape {tuple(x.shape)}; its leading dim must be "
                              f"the batch size {batch} (one row per example) or 1 (shared by every example)")
-        slots.append(_slot_of(x, shared=x.shape[0] == 1 and batch > 1))
+        slots.append(_slot_of(x))
     mask.check_shapes(batch, q_len, kv_len)
     return jax.tree_util.tree_unflatten(treedef, slots), tuple(leaves)
 
