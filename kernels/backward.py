@@ -9,7 +9,7 @@ group (GQA) inside the program.
 import triton
 import triton.language as tl
 
-from .tiles import full_tile_span, mask_args, mask_tile, tile_loop_bounds
+from .tiles import full_tile_span, load_tile, mask_args, mask_tile, tile_loop_bounds
 
 
 @triton.jit
@@ -63,22 +63,15 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, stat_base, Lse, Delta, lo, hi, of
         q_ptrs = q_base + offs_m[:, None] * SQT + offs_d[None, :]
         do_ptrs = do_base + offs_m[:, None] * SQT + offs_d[None, :]
         rows = stat_base + offs_m
+        m_ok = offs_m < q_len
+        q = load_tile(q_ptrs, m_ok, d_ok, True, MASKED, HEAD_DIM != BLOCK_D)
+        do = load_tile(do_ptrs, m_ok, d_ok, True, MASKED, HEAD_DIM != BLOCK_D)
         if MASKED:
-            m_ok = offs_m < q_len
-            q_mask = m_ok[:, None] & d_ok[None, :]
-            q = tl.load(q_ptrs, mask=q_mask, other=0.0)
-            do = tl.load(do_ptrs, mask=q_mask, other=0.0)
             lse = tl.load(Lse + rows, mask=m_ok, other=float("-inf"))
             # Rows with no allowed key (lse = -inf) get p = 0.
             lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
             delta = tl.load(Delta + rows, mask=m_ok, other=0.0)
         else:
-            if HEAD_DIM == BLOCK_D:
-                q = tl.load(q_ptrs)
-                do = tl.load(do_ptrs)
-            else:
-                q = tl.load(q_ptrs, mask=d_ok[None, :], other=0.0)
-                do = tl.load(do_ptrs, mask=d_ok[None, :], other=0.0)
             # Every row of a full tile has an allowed key: lse is finite.
             lse2 = tl.load(Lse + rows) * 1.4426950408889634
             delta = tl.load(Delta + rows)
@@ -211,16 +204,9 @@ def _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, lo, hi, offs_m, kv_len
         offs_n = start_n + offs_n0
         kt_ptrs = k_base + offs_n[None, :] * SKT + offs_d[:, None]
         vt_ptrs = v_base + offs_n[None, :] * SVT + offs_d[:, None]
-        if MASKED:
-            t_mask = (offs_n < kv_len)[None, :] & d_ok[:, None]
-            kt = tl.load(kt_ptrs, mask=t_mask, other=0.0)
-            vt = tl.load(vt_ptrs, mask=t_mask, other=0.0)
-        elif HEAD_DIM == BLOCK_D:
-            kt = tl.load(kt_ptrs)
-            vt = tl.load(vt_ptrs)
-        else:
-            kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
-            vt = tl.load(vt_ptrs, mask=d_ok[:, None], other=0.0)
+        n_ok = offs_n < kv_len
+        kt = load_tile(kt_ptrs, n_ok, d_ok, False, MASKED, HEAD_DIM != BLOCK_D)
+        vt = load_tile(vt_ptrs, n_ok, d_ok, False, MASKED, HEAD_DIM != BLOCK_D)
         if PRESCALE:
             qk = tl.dot(q_dot, kt, input_precision=PRECISION)
         else:

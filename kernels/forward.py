@@ -4,7 +4,7 @@
 import triton
 import triton.language as tl
 
-from .tiles import full_tile_span, mask_args, mask_tile, tile_loop_bounds
+from .tiles import full_tile_span, load_tile, mask_args, mask_tile, tile_loop_bounds
 
 
 @triton.jit
@@ -29,13 +29,8 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, lo, hi, offs_m, kv_len, qk_scal
         offs_n = start_n + offs_n0
         kt_ptrs = k_base + offs_n[None, :] * SKT + offs_d[:, None]
         v_ptrs = v_base + offs_n[:, None] * SVT + offs_d[None, :]
-        if MASKED:
-            n_ok = offs_n < kv_len
-            kt = tl.load(kt_ptrs, mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-        elif HEAD_DIM == BLOCK_D:
-            kt = tl.load(kt_ptrs)
-        else:
-            kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
+        n_ok = offs_n < kv_len
+        kt = load_tile(kt_ptrs, n_ok, d_ok, False, MASKED, HEAD_DIM != BLOCK_D)
         if PRESCALE:
             qk = tl.dot(q, kt, input_precision=PRECISION)
         else:
@@ -52,12 +47,7 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, lo, hi, offs_m, kv_len, qk_scal
         alpha = tl.math.exp2(m_i - m_use)
         p = tl.math.exp2(qk - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        if MASKED:
-            v = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
-        elif HEAD_DIM == BLOCK_D:
-            v = tl.load(v_ptrs)
-        else:
-            v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+        v = load_tile(v_ptrs, n_ok, d_ok, True, MASKED, HEAD_DIM != BLOCK_D)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     return acc, l_i, m_i

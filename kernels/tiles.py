@@ -211,6 +211,41 @@ def tile_loop_bounds(start, count, other_len, RANGE_FN: tl.constexpr,
 
 
 @triton.jit
+def _declared_full(fixed, pos, seq_len, FULL_FN: tl.constexpr, SCAN_KEYS: tl.constexpr,
+                   BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, ARGS):
+    """``FULL_FN`` for the tile at ``pos`` on the scanned side (keys when
+    ``SCAN_KEYS``) and ``fixed`` on the other, as a scalar int1 tensor (the
+    always-false ``pos < 0`` makes one of a constant answer)."""
+    if SCAN_KEYS:
+        full = FULL_FN(fixed, pos, BLOCK_Q, BLOCK_K, seq_len, ARGS)
+    else:
+        full = FULL_FN(pos, fixed, BLOCK_Q, BLOCK_K, seq_len, ARGS)
+    return full | (pos < 0)
+
+
+@triton.jit
+def load_tile(ptrs, pos_ok, d_ok, POS_ON_ROWS: tl.constexpr, CHECK_POS: tl.constexpr,
+              CHECK_D: tl.constexpr):
+    """Loads a ``[positions, head dim]`` tile (``POS_ON_ROWS``) or its
+    transpose, with 0 where a position is invalid (``CHECK_POS``, from
+    ``pos_ok``) or past the head dim (``CHECK_D``, from ``d_ok``; implied by
+    ``CHECK_POS``). Without either check the load is unmasked."""
+    if POS_ON_ROWS:
+        pos_mask = pos_ok[:, None]
+        d_mask = d_ok[None, :]
+    else:
+        pos_mask = pos_ok[None, :]
+        d_mask = d_ok[:, None]
+    if CHECK_POS:
+        tile = tl.load(ptrs, mask=pos_mask & d_mask, other=0.0)
+    elif CHECK_D:
+        tile = tl.load(ptrs, mask=d_mask, other=0.0)
+    else:
+        tile = tl.load(ptrs)
+    return tile
+
+
+@triton.jit
 def full_tile_span(fixed, first, end, limit, seq_len, FULL_FN: tl.constexpr,
                    SCAN_KEYS: tl.constexpr, BLOCK_Q: tl.constexpr,
                    BLOCK_K: tl.constexpr, ARGS):
@@ -235,22 +270,14 @@ def full_tile_span(fixed, first, end, limit, seq_len, FULL_FN: tl.constexpr,
     if FULL_FN is not None:
         searching = lo < stop
         while searching:
-            if SCAN_KEYS:
-                full = FULL_FN(fixed, lo, BLOCK_Q, BLOCK_K, seq_len, ARGS)
-            else:
-                full = FULL_FN(lo, fixed, BLOCK_Q, BLOCK_K, seq_len, ARGS)
-            full = full | (lo < 0)
+            full = _declared_full(fixed, lo, seq_len, FULL_FN, SCAN_KEYS, BLOCK_Q, BLOCK_K, ARGS)
             searching = (lo < stop) & (full == 0)
             if searching:
                 lo += STEP
         hi = lo
         growing = hi < stop
         while growing:
-            if SCAN_KEYS:
-                full = FULL_FN(fixed, hi, BLOCK_Q, BLOCK_K, seq_len, ARGS)
-            else:
-                full = FULL_FN(hi, fixed, BLOCK_Q, BLOCK_K, seq_len, ARGS)
-            full = full | (hi < 0)
+            full = _declared_full(fixed, hi, seq_len, FULL_FN, SCAN_KEYS, BLOCK_Q, BLOCK_K, ARGS)
             growing = full != 0
             if growing:
                 hi += STEP
