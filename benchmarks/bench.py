@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import statistics
 import sys
 import tempfile
-import time
 import traceback
 
 import numpy as np
@@ -34,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 import chill_jax as cj
+from chill_jax import _autotune
 
 SHAPES = {"S1": (8, 4096, 16, 64), "S2": (4, 8192, 16, 128)}
 MASKS = {
@@ -53,15 +52,9 @@ def dense_mask(name: str, t: int) -> np.ndarray:
 
 
 def time_jax(fn, args, reps: int) -> float:
-    """Median milliseconds of ``fn(*args)`` after warm-up (block_until_ready)."""
-    jax.block_until_ready(fn(*args))
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    """Median milliseconds of ``fn(*args)`` after two warm-up calls (block_until_ready),
+    timed as ``autotune=True`` times its candidates."""
+    return _autotune._time_call(fn, args, warmup=2, reps=reps)
 
 
 def jax_impls(mask_name: str, t: int, dense):
