@@ -14,6 +14,7 @@ out="${OUT:-gpu-logs}"
 mkdir -p "$out"
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$(mktemp -d)}"
 export PYTHONUNBUFFERED=1
+export CHILL_JAX_FAILURE_LOG="$out/failures.log"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 
 echo "== pytest (triton)"

@@ -22,6 +22,15 @@ def pytest_configure(config):
         "filterwarnings", "ignore:Conversion of an array with ndim > 0 to a scalar:DeprecationWarning")
 
 
+def pytest_runtest_logreport(report):
+    """With ``CHILL_JAX_FAILURE_LOG=<file>``, appends each failure's report as
+    it happens, so a run cut short (a device time limit) keeps its messages."""
+    path = os.environ.get("CHILL_JAX_FAILURE_LOG")
+    if path and report.failed:
+        with open(path, "a") as f:
+            f.write(f"==== {report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
+
+
 def pytest_report_header(config):
     """The implementations under test and the input seed of this run."""
     seed = os.environ.get("CHILL_JAX_TEST_SEED") or testing_utils.SESSION_SEED
