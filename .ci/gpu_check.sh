@@ -18,7 +18,9 @@ export CHILL_JAX_FAILURE_LOG="$out/failures.log"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 
 echo "== pytest (triton)"
-CHILL_JAX_TEST_IMPLEMENTATIONS=triton XLA_PYTHON_CLIENT_MEM_FRACTION=0.05 \
+# No preallocation: many worker processes share the GPU, and a kernel launch
+# needs free device memory for its local (spill) memory.
+CHILL_JAX_TEST_IMPLEMENTATIONS=triton XLA_PYTHON_CLIENT_PREALLOCATE=false \
   python3 -m pytest ${PYTEST_TARGETS:-tests} -q -n "${PYTEST_WORKERS:-12}" -p no:cacheprovider "$@" 2>&1 | tee "$out/pytest_triton.log" | tail -40
 echo "pytest status: ${PIPESTATUS[0]}"
 

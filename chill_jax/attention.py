@@ -72,15 +72,11 @@ def _geometry(static: _Static, q, k, v) -> dict[str, Any]:
         PRECISION=static.precision, PRESCALE=static.prescale_qk)
 
 
-def _split_full(spec, dtype) -> bool:
+def _split_full(spec) -> bool:
     """Whether the kernels run the tiles the mask declares full in a loop of
-    their own, without mask or bounds checks (``SPLIT_FULL``).
-
-    Only for 16-bit inputs: with float32 inputs, tests of that form failed on
-    an H200 (2026-12-01; cause not established, see benchmarks/NOTES.md), so
-    float32 keeps the one-loop form verified on an H100 before.
-    """
-    return spec.full_fn is not None and jnp.dtype(dtype).itemsize == 2
+    their own, without mask or bounds checks (``SPLIT_FULL``): whenever the
+    mask declares full tiles."""
+    return spec.full_fn is not None
 
 
 def _mask_operands(arrays: tuple) -> list:
@@ -98,7 +94,7 @@ def _forward(static: _Static, q, k, v, q_lens, kv_lens, arrays=()):
         attn_fwd, grid=(triton.cdiv(t, cfg.block_m), b * n),
         args=[q, k, v, q_lens, kv_lens, *_mask_operands(arrays), static.sm_scale],
         out_shapes=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, n, t), jnp.float32)],
-        constexprs=dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=_split_full(spec, q.dtype),
+        constexprs=dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=_split_full(spec),
                         **spec.constexprs()),
         config=cfg, implementation=static.implementation)
     return out, lse
@@ -123,7 +119,7 @@ def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens, a
     dk, dv = _launch.launch(
         attn_bwd_dkdv, grid=(triton.cdiv(s, cfg.block_n), b * kv_heads), args=common,
         out_shapes=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-        constexprs=dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=_split_full(spec, q.dtype),
+        constexprs=dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=_split_full(spec),
                         **spec.constexprs(backward_q_ranges=True)),
         config=cfg, implementation=static.implementation)
     cfg = static.config.bwd_dq
@@ -131,7 +127,7 @@ def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens, a
     (dq,) = _launch.launch(
         attn_bwd_dq, grid=(triton.cdiv(t, cfg.block_m), b * n), args=common,
         out_shapes=[jax.ShapeDtypeStruct(q.shape, q.dtype)],
-        constexprs=dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=_split_full(spec, q.dtype),
+        constexprs=dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=_split_full(spec),
                         **spec.constexprs()),
         config=cfg, implementation=static.implementation)
     return dq, dk, dv
@@ -216,8 +212,9 @@ def attention(query, key, value, mask: ChillMask | None = None, *, lengths=None,
       precision: float32 dot precision: ``"ieee"`` (default), ``"tf32"``,
         ``"tf32x3"`` or a ``jax.lax.Precision``.
       prescale_qk: multiply the query tile by the scale once (rounded to the
-        input dtype) instead of every logit tile: faster, slightly less exact
-        for 16-bit inputs.
+        input dtype) instead of every logit tile (the dK/dV kernel scales
+        its key tile instead): faster, slightly less exact for 16-bit
+        inputs.
       config: an :class:`AttentionConfig` overriding the default tiling
         (the GPU's tuned table entry for the head dim, dtype and mask).
       autotune: time candidate configurations for this problem once and

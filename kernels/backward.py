@@ -42,12 +42,14 @@ def attn_bwd_preprocess(
 
 
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, q_base, do_base, stat_base, Lse, Delta, lo, hi, offs_n,
+def _dkdv_tiles(dk, dv, k, v, q_base, do_base, stat_base, Lse, Delta, lo, hi, skip_lo, skip_hi, offs_n,
                 q_len, kv_len, qk_scale, SQT: tl.constexpr, HEAD_DIM: tl.constexpr,
                 BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, PRECISION: tl.constexpr,
                 PRESCALE: tl.constexpr, MASKED: tl.constexpr, MASK_FN: tl.constexpr,
                 MASK_TAKES_LEN: tl.constexpr, ARGS):
-    """Accumulates dK, dV of one key tile over query tiles ``lo, lo + BLOCK_M, ... < hi``.
+    """Accumulates dK, dV of one key tile over query tiles ``lo, lo + BLOCK_M, ... < hi``
+    except those in ``[skip_lo, skip_hi)`` (on the same tile grid; one loop,
+    one software pipeline, for the tiles on both sides).
 
     With ``MASKED`` every tile evaluates the mask and both lengths; otherwise
     the tiles are known to be fully allowed and inside both lengths.
@@ -58,7 +60,9 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, stat_base, Lse, Delta, lo, hi, of
     offs_m0 = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
-    for start_m in range(lo, hi, BLOCK_M):
+    skip = skip_hi - skip_lo
+    for start in range(lo, hi - skip, BLOCK_M):
+        start_m = start + tl.where(start >= skip_lo, skip, 0)
         offs_m = start_m + offs_m0
         q_ptrs = q_base + offs_m[:, None] * SQT + offs_d[None, :]
         do_ptrs = do_base + offs_m[:, None] * SQT + offs_d[None, :]
@@ -75,8 +79,8 @@ def _dkdv_tiles(dk, dv, k, v, q_base, do_base, stat_base, Lse, Delta, lo, hi, of
             # Every row of a full tile has an allowed key: lse is finite.
             lse2 = tl.load(Lse + rows) * 1.4426950408889634
             delta = tl.load(Delta + rows)
-        if PRESCALE:
-            qkt = tl.dot(k, tl.trans((q * qk_scale).to(q.dtype)), input_precision=PRECISION)
+        if PRESCALE:  # k arrives scaled
+            qkt = tl.dot(k, tl.trans(q), input_precision=PRECISION)
         else:
             qkt = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
         pt = tl.math.exp2(qkt - lse2[None, :])
@@ -115,7 +119,7 @@ def attn_bwd_dkdv(
 
     DK/DV have the layout of K/V (strides ``SK*``/``SV*``). DOut shares the
     query layout. Grid: ``(cdiv(KV_LEN, BLOCK_N), B * (NUM_HEADS // GROUP))``.
-    Query tiles are visited as in the forward kernel (three runs with
+    Query tiles are visited as in the forward kernel (two loops with
     ``SPLIT_FULL``).
     """
     KV_HEADS: tl.constexpr = NUM_HEADS // GROUP
@@ -144,6 +148,11 @@ def attn_bwd_dkdv(
         kv_mask = n_ok[:, None] & d_ok[None, :]
         k = tl.load(k_base + offs_n[:, None] * SKT + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + offs_n[:, None] * SVT + offs_d[None, :], mask=kv_mask, other=0.0)
+        if PRESCALE:
+            # The key tile is scaled once, not each query tile: the loop uses
+            # the query tile twice, and with a scaled copy of it in the loop
+            # Triton 3.6 on an H200 gave wrong, run-to-run different dK (fp16).
+            k = (k * qk_scale).to(k.dtype)
         count = tl.minimum(kv_len - start_n, BLOCK_N)
         first, end = tile_loop_bounds(start_n, count, q_len, Q_RANGE_FN,
                                       Q_CONTINUOUS, BLOCK_N, ARGS, BLOCK_M)
@@ -154,29 +163,24 @@ def attn_bwd_dkdv(
             else:
                 full_lo = end
                 full_hi = end
+        else:
+            full_lo = end
+            full_hi = end
         for g in range(GROUP):
             h = kvh * GROUP + g
             q_base = Q + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH
             do_base = DOut + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH
             stat_base = (b * NUM_HEADS + h).to(tl.int64) * Q_LEN
+            # The tiles around the full run, with the mask; then the run, without.
+            dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, stat_base, Lse, Delta, first, end,
+                                 full_lo, full_hi, offs_n, q_len, kv_len, qk_scale, SQT, HEAD_DIM,
+                                 BLOCK_D, BLOCK_M, PRECISION, PRESCALE, True, MASK_FN,
+                                 MASK_TAKES_LEN, ARGS)
             if SPLIT_FULL:
-                dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, stat_base, Lse, Delta, first,
-                                     full_lo, offs_n, q_len, kv_len, qk_scale, SQT, HEAD_DIM,
-                                     BLOCK_D, BLOCK_M, PRECISION, PRESCALE, True, MASK_FN,
-                                     MASK_TAKES_LEN, ARGS)
                 dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, stat_base, Lse, Delta, full_lo,
-                                     full_hi, offs_n, q_len, kv_len, qk_scale, SQT, HEAD_DIM,
-                                     BLOCK_D, BLOCK_M, PRECISION, PRESCALE, False, MASK_FN,
-                                     MASK_TAKES_LEN, ARGS)
-                dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, stat_base, Lse, Delta, full_hi,
-                                     end, offs_n, q_len, kv_len, qk_scale, SQT, HEAD_DIM,
-                                     BLOCK_D, BLOCK_M, PRECISION, PRESCALE, True, MASK_FN,
-                                     MASK_TAKES_LEN, ARGS)
-            else:
-                dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, stat_base, Lse, Delta, first,
-                                     end, offs_n, q_len, kv_len, qk_scale, SQT, HEAD_DIM,
-                                     BLOCK_D, BLOCK_M, PRECISION, PRESCALE, True, MASK_FN,
-                                     MASK_TAKES_LEN, ARGS)
+                                     full_hi, full_hi, full_hi, offs_n, q_len, kv_len, qk_scale,
+                                     SQT, HEAD_DIM, BLOCK_D, BLOCK_M, PRECISION, PRESCALE, False,
+                                     MASK_FN, MASK_TAKES_LEN, ARGS)
 
     dk = dk * sm_scale
     st_mask = (offs_n[:, None] < KV_LEN) & d_ok[None, :]
@@ -187,12 +191,14 @@ def attn_bwd_dkdv(
 
 
 @triton.jit
-def _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, lo, hi, offs_m, kv_len, qk_scale,
+def _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, lo, hi, skip_lo, skip_hi, offs_m,
+              kv_len, qk_scale,
               SKT: tl.constexpr, SVT: tl.constexpr, HEAD_DIM: tl.constexpr,
               BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
               PRESCALE: tl.constexpr, MASKED: tl.constexpr, MASK_FN: tl.constexpr,
               MASK_TAKES_LEN: tl.constexpr, ARGS):
-    """Accumulates dQ of one query tile over key tiles ``lo, lo + BLOCK_N, ... < hi``.
+    """Accumulates dQ of one query tile over key tiles ``lo, lo + BLOCK_N, ... < hi``
+    except those in ``[skip_lo, skip_hi)`` (as ``_dkdv_tiles``).
 
     Returns:
       The updated ``dq``, float32 ``[BLOCK_M, BLOCK_D]``.
@@ -200,7 +206,9 @@ def _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, lo, hi, offs_m, kv_len
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
-    for start_n in range(lo, hi, BLOCK_N):
+    skip = skip_hi - skip_lo
+    for start in range(lo, hi - skip, BLOCK_N):
+        start_n = start + tl.where(start >= skip_lo, skip, 0)
         offs_n = start_n + offs_n0
         kt_ptrs = k_base + offs_n[None, :] * SKT + offs_d[:, None]
         vt_ptrs = v_base + offs_n[None, :] * SVT + offs_d[:, None]
@@ -245,7 +253,7 @@ def attn_bwd_dq(
     """One program computes dQ of one query tile of one (batch, head).
 
     DQ has the layout of Q. Grid: ``(cdiv(Q_LEN, BLOCK_M), B * NUM_HEADS)``.
-    Key tiles are visited as in the forward kernel (three runs with
+    Key tiles are visited as in the forward kernel (two loops with
     ``SPLIT_FULL``).
     """
     # Last query tiles first: under causal-like masks they have the most key
@@ -291,19 +299,17 @@ def attn_bwd_dq(
         if SPLIT_FULL:
             full_lo, full_hi = full_tile_span(start_m, first, end, kv_len, kv_len, FULL_FN,
                                               True, BLOCK_M, BLOCK_N, ARGS)
-            dq = _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, first, full_lo, offs_m,
-                           kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N, PRECISION,
-                           PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
-            dq = _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, full_lo, full_hi, offs_m,
-                           kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N, PRECISION,
-                           PRESCALE, False, MASK_FN, MASK_TAKES_LEN, ARGS)
-            dq = _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, full_hi, end, offs_m,
-                           kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N, PRECISION,
-                           PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
         else:
-            dq = _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, first, end, offs_m,
-                           kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N, PRECISION,
-                           PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
+            full_lo = end
+            full_hi = end
+        # The tiles around the full run, with the mask; then the run, without.
+        dq = _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, first, end, full_lo, full_hi,
+                       offs_m, kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N, PRECISION,
+                       PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
+        if SPLIT_FULL:
+            dq = _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, full_lo, full_hi, full_hi,
+                           full_hi, offs_m, kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,
+                           PRECISION, PRESCALE, False, MASK_FN, MASK_TAKES_LEN, ARGS)
 
     dq = dq * sm_scale
     dq_base = DQ + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH

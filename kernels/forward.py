@@ -8,14 +8,16 @@ from .tiles import full_tile_span, load_tile, mask_args, mask_tile, tile_loop_bo
 
 
 @triton.jit
-def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, lo, hi, offs_m, kv_len, qk_scale,
+def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, lo, hi, skip_lo, skip_hi, offs_m, kv_len, qk_scale,
                SKT: tl.constexpr, SVT: tl.constexpr, HEAD_DIM: tl.constexpr,
                BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
                PRESCALE: tl.constexpr, MASKED: tl.constexpr, MASK_FN: tl.constexpr,
                MASK_TAKES_LEN: tl.constexpr, ARGS):
-    """Online-softmax update of one query tile over key tiles ``lo, lo + BLOCK_N, ... < hi``.
+    """Online-softmax update of one query tile over key tiles ``lo, lo + BLOCK_N, ... < hi``
+    except those in ``[skip_lo, skip_hi)`` (on the same tile grid).
 
-    With ``MASKED`` every tile evaluates the mask and the key length;
+    One loop covers the tiles on both sides of the skipped run, so they share
+    one software pipeline. With ``MASKED`` every tile evaluates the mask and the key length;
     otherwise the tiles are known to be fully allowed and inside the key
     length, and are loaded and used without either check.
 
@@ -25,7 +27,9 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, lo, hi, offs_m, kv_len, qk_scal
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
-    for start_n in range(lo, hi, BLOCK_N):
+    skip = skip_hi - skip_lo
+    for start in range(lo, hi - skip, BLOCK_N):
+        start_n = start + tl.where(start >= skip_lo, skip, 0)
         offs_n = start_n + offs_n0
         kt_ptrs = k_base + offs_n[None, :] * SKT + offs_d[:, None]
         v_ptrs = v_base + offs_n[:, None] * SVT + offs_d[None, :]
@@ -85,10 +89,10 @@ def attn_fwd(
     ``[B, N, Q_LEN]`` (natural log; ``-inf`` for rows with no allowed key or
     at/after the query length). Grid: ``(cdiv(Q_LEN, BLOCK_M), B * N)``.
 
-    The key tiles in the mask's range hull are visited in three runs when
-    ``SPLIT_FULL``: the tiles before the first run of full tiles and after it
-    evaluate the mask, the run itself (``full_tile_span``) does not; without
-    it, in one loop that evaluates the mask on every tile.
+    The key tiles in the mask's range hull are visited in two loops when
+    ``SPLIT_FULL``: first the tiles before and after the first run of full
+    tiles (``full_tile_span``), evaluating the mask, then the run itself
+    without it; otherwise in one loop that evaluates the mask on every tile.
     """
     # Last query tiles first: under causal-like masks they have the most key
     # tiles, so the long programs start early and the last wave is short.
@@ -127,19 +131,18 @@ def attn_fwd(
         if SPLIT_FULL:
             full_lo, full_hi = full_tile_span(start_m, first, end, kv_len, kv_len, FULL_FN,
                                               True, BLOCK_M, BLOCK_N, ARGS)
-            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, first, full_lo, offs_m,
-                                       kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,
-                                       PRECISION, PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
-            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, full_lo, full_hi, offs_m,
-                                       kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,
-                                       PRECISION, PRESCALE, False, MASK_FN, MASK_TAKES_LEN, ARGS)
-            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, full_hi, end, offs_m,
-                                       kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,
-                                       PRECISION, PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
         else:
-            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, first, end, offs_m,
-                                       kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,
-                                       PRECISION, PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
+            full_lo = end
+            full_hi = end
+        # The tiles around the full run, with the mask; then the run, without.
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, first, end, full_lo, full_hi,
+                                   offs_m, kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,
+                                   PRECISION, PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
+        if SPLIT_FULL:
+            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, full_lo, full_hi, full_hi,
+                                       full_hi, offs_m, kv_len, qk_scale, SKT, SVT, HEAD_DIM,
+                                       BLOCK_D, BLOCK_N, PRECISION, PRESCALE, False, MASK_FN,
+                                       MASK_TAKES_LEN, ARGS)
 
     row_ok = (offs_m < q_len) & (l_i > 0.0)
     out = acc / tl.where(row_ok, l_i, 1.0)[:, None]

@@ -26,7 +26,8 @@ def pytest_runtest_logreport(report):
     """With ``CHILL_JAX_FAILURE_LOG=<file>``, appends each failure's report as
     it happens, so a run cut short (a device time limit) keeps its messages."""
     path = os.environ.get("CHILL_JAX_FAILURE_LOG")
-    if path and report.failed:
+    # Under pytest-xdist the controller writes (workers set PYTEST_XDIST_WORKER).
+    if path and report.failed and "PYTEST_XDIST_WORKER" not in os.environ:
         with open(path, "a") as f:
             f.write(f"==== {report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
 

@@ -535,13 +535,13 @@ def test_bnth_equals_transposed_btnh(implementation, rng):
 @pytest.mark.parametrize("dtype,mask,expected", [
     (jnp.bfloat16, CausalChillMask(), True),
     (jnp.float16, PrefixLMChillMask(40), True),
-    (jnp.float32, CausalChillMask(), False),
+    (jnp.float32, CausalChillMask(), True),
     (jnp.bfloat16, custom_masks.LocalWindowMask(9, 4), False),
 ], ids=["bf16-causal", "fp16-prefix", "fp32-causal", "bf16-no-full-blocks"])
 def test_full_tile_runs(kernel_implementation, rng, dtype, mask, expected):
-    """Tiles declared full get a loop of their own (SPLIT_FULL) for 16-bit
-    inputs of masks that declare full tiles, not for float32 inputs; both
-    forms match the reference."""
+    """Tiles declared full get a loop of their own (SPLIT_FULL) for masks
+    that declare full tiles, whatever the dtype; both forms match the
+    reference."""
     q, k, v = random_qkv(rng, dtype, batch=2, q_len=150, heads=2, head_dim=32)
     kwargs = dict(lengths=random_lengths(rng, 2, 150), implementation=kernel_implementation)
 

@@ -43,18 +43,25 @@ def test_large_logits_stay_finite(implementation, rng, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_name)
 def test_prescale_qk(implementation, rng, dtype):
     """``prescale_qk=True`` scales the query tile once; same results within
-    the dtype's tolerance (the scaled query is rounded to the dtype)."""
+    the dtype's tolerance (the scaled query is rounded to the dtype), the
+    same bits when run twice. On a GPU several input draws: an earlier
+    form of the dK/dV kernel gave wrong dK for about one draw in twelve
+    (fp16, H200)."""
     mask = SlidingWindowChillMask(20, 20)
-    q, k, v = random_qkv(rng, dtype, batch=2, q_len=100, heads=2, head_dim=32)
-    dout = normal(rng, q.shape, dtype)
-    dlse = normal(rng, (2, 2, 100), jnp.float32)
-    kwargs = dict(lengths=random_lengths(rng, 2, 100), implementation=implementation, prescale_qk=True,
-                  sm_scale=0.3)
-    result = attention_and_grads(q, k, v, mask, dout=dout, dlse=dlse, **kwargs)
-    tol = max(TOLERANCES[dtype_name(dtype)], 1e-5)
-    ref = check_against_reference({k_: v_ for k_, v_ in result.items() if k_ != "lse"}, q, k, v, mask,
-                                  dout=dout, dlse=dlse, tol=tol, **kwargs)
-    lse = np.asarray(result["lse"])
-    finite = np.isfinite(ref["lse"])
-    np.testing.assert_array_equal(np.isfinite(lse), finite)
-    np.testing.assert_allclose(lse[finite], ref["lse"][finite], rtol=0, atol=tol * 10)
+    for _ in range(6 if implementation == "triton" else 1):
+        q, k, v = random_qkv(rng, dtype, batch=2, q_len=100, heads=2, head_dim=32)
+        dout = normal(rng, q.shape, dtype)
+        dlse = normal(rng, (2, 2, 100), jnp.float32)
+        kwargs = dict(lengths=random_lengths(rng, 2, 100), implementation=implementation, prescale_qk=True,
+                      sm_scale=0.3)
+        result = attention_and_grads(q, k, v, mask, dout=dout, dlse=dlse, **kwargs)
+        again = attention_and_grads(q, k, v, mask, dout=dout, dlse=dlse, **kwargs)
+        for name in result:
+            np.testing.assert_array_equal(np.asarray(result[name]), np.asarray(again[name]), err_msg=name)
+        tol = max(TOLERANCES[dtype_name(dtype)], 1e-5)
+        ref = check_against_reference({k_: v_ for k_, v_ in result.items() if k_ != "lse"}, q, k, v, mask,
+                                      dout=dout, dlse=dlse, tol=tol, **kwargs)
+        lse = np.asarray(result["lse"])
+        finite = np.isfinite(ref["lse"])
+        np.testing.assert_array_equal(np.isfinite(lse), finite)
+        np.testing.assert_allclose(lse[finite], ref["lse"][finite], rtol=0, atol=tol * 10)
