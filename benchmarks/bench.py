@@ -28,6 +28,9 @@ import traceback
 
 import numpy as np
 
+# XLA preallocates 75% of the GPU by default; leave room for torch (Flex).
+os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.6")
+
 import jax
 import jax.numpy as jnp
 
@@ -103,6 +106,12 @@ def flex_fns(mask_name: str, b: int, n: int, t: int):
         "prefix_lm_512": lambda bb, h, q, k: (q >= k) | (k < 512),
     }
     mod = mods[mask_name]
+    # A fresh compile per mask: past dynamo's recompile limit (8 by default)
+    # flex_attention silently runs eagerly, materializing the scores.
+    torch._dynamo.reset()
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 64)
     block_mask = None if mod is None else create_block_mask(mod, None, None, t, t, device="cuda")
     compiled = torch.compile(flex_attention)
     return torch, lambda q, k, v: compiled(q, k, v, block_mask=block_mask)
