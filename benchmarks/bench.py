@@ -55,8 +55,9 @@ def dense_mask(name: str, t: int) -> np.ndarray:
 
 
 def time_jax(fn, args, reps: int) -> float:
-    """Median milliseconds of ``fn(*args)`` after two warm-up calls (block_until_ready),
-    timed as ``autotune=True`` times its candidates."""
+    """Median milliseconds per call of ``fn(*args)`` after two warm-up calls, timed
+    as ``autotune=True`` times its candidates (samples of back-to-back calls
+    of about 2 ms each, so host dispatch does not count)."""
     return _autotune._time_call(fn, args, warmup=2, reps=reps)
 
 

@@ -311,15 +311,33 @@ def _in_fresh_thread(fn: Callable[[], Any]) -> Any:
     return box["result"]
 
 
+# Each timing sample runs back-to-back calls for at least this long before it
+# waits for the device, so that the host's per-call dispatch and wait do not
+# count in sub-millisecond kernels.
+_SAMPLE_MS = 2.0
+
+
 def _time_call(fn: Callable, args: Sequence[Any], *, warmup: int, reps: int) -> float:
-    """Median milliseconds of ``fn(*args)`` over ``reps`` calls after ``warmup`` ones."""
-    for _ in range(warmup):
+    """Median milliseconds per call of ``fn(*args)``, after ``warmup`` calls.
+
+    Each of the ``reps`` samples times ``inner`` calls issued back to back
+    (JAX dispatches asynchronously) and one wait for the last result, with
+    ``inner`` chosen from the last warm-up call so that a sample lasts about
+    ``_SAMPLE_MS`` (1 for slow calls, e.g. under the interpreter).
+    """
+    last = 0.0
+    for _ in range(max(1, warmup)):
+        start = time.perf_counter()
         jax.block_until_ready(fn(*args))
+        last = (time.perf_counter() - start) * 1e3
+    inner = max(1, min(100, int(_SAMPLE_MS / max(last, 1e-3))))
     times = []
     for _ in range(reps):
         start = time.perf_counter()
+        for _ in range(inner - 1):
+            fn(*args)
         jax.block_until_ready(fn(*args))
-        times.append((time.perf_counter() - start) * 1e3)
+        times.append((time.perf_counter() - start) * 1e3 / inner)
     return statistics.median(times)
 
 

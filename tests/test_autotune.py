@@ -3,6 +3,7 @@
 
 import json
 import os
+import time
 import types
 
 import jax
@@ -438,3 +439,25 @@ def test_autotune_array_masks(rng, cache_dir, searches):
     _call(q, k, v, CausalChillMask() | FullChillMask())
     assert len(searches) == 3
     assert any("|" in key for key in _cache(cache_dir)) and any("&" in key for key in _cache(cache_dir))
+
+
+def test_time_call_batches_fast_calls():
+    """Fast calls are timed in back-to-back batches (one wait per sample),
+    slow ones one at a time; the result is milliseconds per call."""
+    calls = []
+
+    def fast():
+        calls.append(1)
+        return jnp.float32(len(calls))
+
+    ms = _autotune._time_call(fast, (), warmup=2, reps=5)
+    assert len(calls) > 2 + 5 * 2 and 0 < ms < 2.0
+    calls.clear()
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.005)
+        return jnp.float32(0)
+
+    ms = _autotune._time_call(slow, (), warmup=1, reps=3)
+    assert len(calls) == 1 + 3 and ms >= 5.0
