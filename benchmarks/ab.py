@@ -1,0 +1,92 @@
+# Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
+"""A/B timing of kernel variants in one GPU session.
+
+Each variant is a directory holding a full copy of ``kernels/`` (for example
+``git archive <ref> kernels | tar -x -C variants/<name>``, kept untracked and
+not ignored, so it travels with the working tree). For each round, every
+variant in turn is copied over ``kernels/`` and ``bench.py`` runs in a fresh
+process (the editable install imports the copied files); the current
+``kernels/`` is the variant ``current`` and is restored at the end, also on
+failure. The rounds alternate the variants so that a drift of the GPU's
+state hits them alike; the table at the end gives each case's milliseconds
+per round, per variant.
+
+Usage::
+
+    python benchmarks/ab.py --variant head=variants/head --rounds 2 --out-dir $OUT \\
+        -- --shapes S1 --masks causal chunkwise_128_2 --impls chill_jax --reps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KERNELS = os.path.join(ROOT, "kernels")
+
+
+def _install(source: str) -> None:
+    for name in os.listdir(source):
+        if name.endswith(".py"):
+            shutil.copy(os.path.join(source, name), os.path.join(KERNELS, name))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    bench_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=DIR",
+                        help="a directory with a copy of kernels/ (repeatable)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out-dir", default=os.environ.get("OUT", "."))
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per bench.py run")
+    args = parser.parse_args(own)
+    variants = {}
+    for item in args.variant:
+        name, sep, path = item.partition("=")
+        if not sep or not os.path.isfile(os.path.join(path, "forward.py")):
+            parser.error(f"--variant {item!r}: expected NAME=DIR with DIR holding a copy of kernels/")
+        variants[name] = path
+    if "current" in variants:
+        parser.error("'current' names the kernels/ already in place")
+    saved = tempfile.mkdtemp(prefix="kernels-current-")
+    _install_from = dict(current=saved, **variants)
+    for name in os.listdir(KERNELS):
+        if name.endswith(".py"):
+            shutil.copy(os.path.join(KERNELS, name), saved)
+    ms: dict[tuple, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    try:
+        for round_ in range(1, args.rounds + 1):
+            for name, source in _install_from.items():
+                _install(source)
+                out = os.path.join(args.out_dir, f"ab_{name}_{round_}.csv")
+                cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench.py"), "--out", out, *bench_args]
+                try:
+                    subprocess.run(cmd, check=False, timeout=args.timeout,
+                                   stdout=open(out.replace(".csv", ".log"), "w"), stderr=subprocess.STDOUT)
+                except subprocess.TimeoutExpired:
+                    print(f"# {name} round {round_}: timed out after {args.timeout:.0f} s", flush=True)
+                if os.path.exists(out):
+                    for row in csv.DictReader(open(out)):
+                        key = (row["impl"], row["mask"], f'{row["B"]}x{row["N"]}x{row["T"]}x{row["D"]}', row["pass"])
+                        ms[key][name].append(row["ms"] or "-")
+    finally:
+        _install(saved)
+        shutil.rmtree(saved, ignore_errors=True)
+    names = list(_install_from)
+    print("impl,mask,shape,pass," + ",".join(names))
+    for key, per in ms.items():
+        print(",".join(key) + "," + ",".join("/".join(per.get(n, [])) for n in names))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
