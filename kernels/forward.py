@@ -17,9 +17,9 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, lo, hi, skip_lo, skip_hi, offs_
     except those in ``[skip_lo, skip_hi)`` (on the same tile grid).
 
     One loop covers the tiles on both sides of the skipped run, so they share
-    one software pipeline. With ``MASKED`` every tile evaluates the mask and the key length;
-    otherwise the tiles are known to be fully allowed and inside the key
-    length, and are loaded and used without either check.
+    one software pipeline. With ``MASKED`` every tile evaluates the mask and
+    the key length; otherwise the tiles are known to be fully allowed and
+    inside the key length, and are loaded and used without either check.
 
     Returns:
       The updated ``(acc [BLOCK_M, BLOCK_D], l_i [BLOCK_M], m_i [BLOCK_M])``.
