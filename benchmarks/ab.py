@@ -1,19 +1,20 @@
 # Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
 """A/B timing of kernel variants in one GPU session.
 
-Each variant is a directory holding a full copy of ``kernels/`` (for example
-``git archive <ref> kernels | tar -x -C variants/<name>``, kept untracked and
-not ignored, so it travels with the working tree). For each round, every
-variant in turn is copied over ``kernels/`` and ``bench.py`` runs in a fresh
-process (the editable install imports the copied files); the current
-``kernels/`` is the variant ``current`` and is restored at the end, also on
-failure. The rounds alternate the variants so that a drift of the GPU's
+Each variant is a directory laid out like the repository root, holding a
+copy of ``kernels/`` and, where the variant changes the binding too, of
+``chill_jax/`` (for example ``git archive <ref> kernels chill_jax | tar -x -C
+variants/<name>``, kept untracked and not ignored, so it travels with the
+working tree). For each round, every variant in turn is copied over those
+packages and ``bench.py`` runs in a fresh process (the editable install
+imports the copied files); the checkout's own files are the variant
+``current`` and are restored at the end, also on failure. The rounds alternate the variants so that a drift of the GPU's
 state hits them alike; the table at the end gives each case's milliseconds
 per round, per variant.
 
 Usage::
 
-    python benchmarks/ab.py --variant head=variants/head --rounds 2 --out-dir $OUT \\
+    python benchmarks/ab.py --variant exact=variants/exact --rounds 2 --out-dir $OUT \\
         -- --shapes S1 --masks causal chunkwise_128_2 --impls chill_jax --reps 20
 """
 
@@ -29,13 +30,20 @@ import tempfile
 from collections import defaultdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KERNELS = os.path.join(ROOT, "kernels")
+PACKAGES = ("kernels", "chill_jax")
 
 
-def _install(source: str) -> None:
+def _copy_py(source: str, dest: str) -> None:
     for name in os.listdir(source):
         if name.endswith(".py"):
-            shutil.copy(os.path.join(source, name), os.path.join(KERNELS, name))
+            shutil.copy(os.path.join(source, name), os.path.join(dest, name))
+
+
+def _install(variant: str) -> None:
+    """Copies the variant's packages (those it has) over the checkout's."""
+    for package in PACKAGES:
+        if os.path.isdir(os.path.join(variant, package)):
+            _copy_py(os.path.join(variant, package), os.path.join(ROOT, package))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     own = argv[:argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=DIR",
-                        help="a directory with a copy of kernels/ (repeatable)")
+                        help="a directory with copies of kernels/ (and chill_jax/) (repeatable)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out-dir", default=os.environ.get("OUT", "."))
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per bench.py run")
@@ -52,16 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     variants = {}
     for item in args.variant:
         name, sep, path = item.partition("=")
-        if not sep or not os.path.isfile(os.path.join(path, "forward.py")):
-            parser.error(f"--variant {item!r}: expected NAME=DIR with DIR holding a copy of kernels/")
+        if not sep or not os.path.isfile(os.path.join(path, "kernels", "forward.py")):
+            parser.error(f"--variant {item!r}: expected NAME=DIR with DIR/kernels/ a copy of kernels/")
         variants[name] = path
     if "current" in variants:
         parser.error("'current' names the kernels/ already in place")
-    saved = tempfile.mkdtemp(prefix="kernels-current-")
+    saved = tempfile.mkdtemp(prefix="ab-current-")
+    for package in PACKAGES:
+        os.makedirs(os.path.join(saved, package))
+        _copy_py(os.path.join(ROOT, package), os.path.join(saved, package))
     _install_from = dict(current=saved, **variants)
-    for name in os.listdir(KERNELS):
-        if name.endswith(".py"):
-            shutil.copy(os.path.join(KERNELS, name), saved)
     ms: dict[tuple, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     try:
         for round_ in range(1, args.rounds + 1):
