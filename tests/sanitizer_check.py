@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import chill_jax  # noqa: E402
-from testing_utils import attention_and_grads, check_against_reference, normal, random_qkv  # noqa: E402
+from testing_utils import LSE_TOLERANCE, TOLERANCES, attention_and_grads, check_against_reference, normal, random_qkv  # noqa: E402
 
 
 def cases():
@@ -41,9 +41,10 @@ def cases():
     yield ("documents_causal_d64_t77", chill_jax.DocumentChillMask(ids) & chill_jax.CausalChillMask(),
            jnp.bfloat16, 2, 77, 77, 2, 2, 64, [77, 60], {})
     # prescale_qk with float16 once gave nondeterministic dK (a scaled query
-    # copy inside the dK/dV loop; see benchmarks/NOTES.md).
+    # copy inside the dK/dV loop; see benchmarks/NOTES.md). The scaled query
+    # is rounded to float16, so lse gets float16's tolerance.
     yield ("prescale_window_d32_t100", chill_jax.SlidingWindowChillMask(20, 20), jnp.float16, 2, 100, 100,
-           2, 2, 32, [51, 57], dict(prescale_qk=True, sm_scale=0.3))
+           2, 2, 32, [51, 57], dict(prescale_qk=True, sm_scale=0.3, lse_tol=TOLERANCES["float16"]))
 
 
 def main() -> int:
@@ -52,12 +53,13 @@ def main() -> int:
     for name, mask, dtype, b, t, s, n, kh, d, lengths, options in cases():
         q, k, v = random_qkv(rng, dtype, batch=b, q_len=t, kv_len=s, heads=n, kv_heads=kh, head_dim=d)
         dout = normal(rng, q.shape, dtype)
+        lse_tol = options.pop("lse_tol", LSE_TOLERANCE)
         kwargs = dict(implementation="triton", **options)
         if lengths is not None:
             kwargs["q_lengths"] = jnp.asarray(lengths, jnp.int32)
         try:
             result = attention_and_grads(q, k, v, mask, dout=dout, **kwargs)
-            check_against_reference(result, q, k, v, mask, dout=dout, **kwargs)
+            check_against_reference(result, q, k, v, mask, dout=dout, lse_tol=lse_tol, **kwargs)
             print(f"ok   {name}", flush=True)
         except AssertionError as e:
             failures += 1
