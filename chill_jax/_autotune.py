@@ -322,15 +322,16 @@ def _time_call(fn: Callable, args: Sequence[Any], *, warmup: int, reps: int) -> 
 
     Each of the ``reps`` samples times ``inner`` calls issued back to back
     (JAX dispatches asynchronously) and one wait for the last result, with
-    ``inner`` chosen from the last warm-up call so that a sample lasts about
+    ``inner`` chosen from the fastest warm-up call (the first one compiles;
+    a busy host slows single calls) so that a sample lasts about
     ``_SAMPLE_MS`` (1 for slow calls, e.g. under the interpreter).
     """
-    last = 0.0
+    fastest = math.inf
     for _ in range(max(1, warmup)):
         start = time.perf_counter()
         jax.block_until_ready(fn(*args))
-        last = (time.perf_counter() - start) * 1e3
-    inner = max(1, min(100, int(_SAMPLE_MS / max(last, 1e-3))))
+        fastest = min(fastest, (time.perf_counter() - start) * 1e3)
+    inner = max(1, min(100, int(_SAMPLE_MS / max(fastest, 1e-3))))
     times = []
     for _ in range(reps):
         start = time.perf_counter()

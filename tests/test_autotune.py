@@ -441,23 +441,26 @@ def test_autotune_array_masks(rng, cache_dir, searches):
     assert any("|" in key for key in _cache(cache_dir)) and any("&" in key for key in _cache(cache_dir))
 
 
-def test_time_call_batches_fast_calls():
+def test_time_call_batches_fast_calls(monkeypatch):
     """Fast calls are timed in back-to-back batches (one wait per sample),
-    slow ones one at a time; the result is milliseconds per call."""
+    slow ones one at a time; the result is milliseconds per call. (Samples
+    of 50 ms here: with many test workers on one host a single tiny call
+    can take the default 2 ms.)"""
+    monkeypatch.setattr(_autotune, "_SAMPLE_MS", 50.0)
     calls = []
 
     def fast():
         calls.append(1)
         return jnp.float32(len(calls))
 
-    ms = _autotune._time_call(fast, (), warmup=2, reps=5)
-    assert len(calls) > 2 + 5 * 2 and 0 < ms < 2.0
+    ms = _autotune._time_call(fast, (), warmup=3, reps=5)
+    assert len(calls) > 3 + 5 * 2 and 0 < ms < 25.0
     calls.clear()
 
     def slow():
         calls.append(1)
-        time.sleep(0.005)
+        time.sleep(0.06)
         return jnp.float32(0)
 
     ms = _autotune._time_call(slow, (), warmup=1, reps=3)
-    assert len(calls) == 1 + 3 and ms >= 5.0
+    assert len(calls) == 1 + 3 and ms >= 60.0
