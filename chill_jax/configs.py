@@ -370,13 +370,17 @@ def _kernel_configs(*rows: tuple[int, int, int, int]) -> tuple[KernelConfig, ...
 _SMALL_D = dict(
     fwd=_kernel_configs((128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (128, 32, 4, 4), (64, 64, 4, 3),
                         (128, 64, 4, 4), (64, 128, 4, 3)),
-    bwd_dkdv=_kernel_configs((64, 128, 8, 2), (32, 128, 4, 2), (128, 128, 8, 2), (64, 64, 4, 2), (128, 64, 8, 2),
+    bwd_dkdv=_kernel_configs((64, 128, 8, 2), (32, 128, 4, 2), (32, 128, 8, 2), (64, 64, 4, 2), (64, 64, 8, 2),
                              (32, 64, 4, 2), (64, 64, 4, 3)),
     bwd_dq=_kernel_configs((128, 64, 8, 2), (128, 32, 4, 2), (128, 128, 8, 2), (64, 64, 4, 2), (64, 128, 8, 2),
                            (64, 32, 4, 2), (64, 64, 4, 3)),
 )
 # Autotuning candidates by padded head dim, for 16-bit inputs; float32 inputs
-# use the next larger head dim's list (twice the bytes per element).
+# use the next larger head dim's list (twice the bytes per element). dK/dV
+# holds two float32 accumulators of its key tile: with 128-row tiles, or
+# 4 warps at D=128, the sm_90 build spills (hundreds of bytes of stack) and
+# those candidates were the slowest of every H200 sweep, so the lists favour
+# 8 warps there (benchmarks/NOTES.md, "dK/dV spills").
 AUTOTUNE_CANDIDATES: dict[int, dict[str, tuple[KernelConfig, ...]]] = {
     16: _SMALL_D,
     32: _SMALL_D,
@@ -384,16 +388,16 @@ AUTOTUNE_CANDIDATES: dict[int, dict[str, tuple[KernelConfig, ...]]] = {
     128: dict(
         fwd=_kernel_configs((128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3),
                             (64, 128, 4, 2), (128, 64, 8, 2)),
-        bwd_dkdv=_kernel_configs((64, 64, 4, 2), (64, 128, 8, 2), (32, 128, 4, 2), (128, 64, 8, 2), (32, 64, 4, 2),
-                                 (64, 32, 4, 2), (128, 128, 8, 1)),
+        bwd_dkdv=_kernel_configs((64, 64, 4, 2), (64, 128, 8, 2), (32, 128, 8, 2), (64, 64, 8, 2), (32, 64, 4, 2),
+                                 (64, 32, 4, 2), (32, 64, 8, 2)),
         bwd_dq=_kernel_configs((64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 2), (64, 128, 8, 2), (64, 32, 4, 2),
                                (32, 64, 4, 2), (128, 128, 8, 1)),
     ),
     256: dict(
         fwd=_kernel_configs((64, 32, 4, 2), (64, 64, 4, 2), (64, 64, 8, 2), (128, 32, 8, 2), (32, 64, 4, 2),
                             (128, 64, 8, 1)),
-        bwd_dkdv=_kernel_configs((32, 32, 4, 1), (32, 64, 4, 2), (64, 32, 4, 2), (64, 64, 8, 1), (32, 32, 4, 2),
-                                 (16, 64, 4, 2)),
+        bwd_dkdv=_kernel_configs((32, 32, 4, 1), (32, 32, 8, 2), (64, 32, 4, 2), (64, 64, 8, 1), (32, 32, 4, 2),
+                                 (32, 64, 8, 2)),
         bwd_dq=_kernel_configs((32, 32, 4, 1), (64, 32, 4, 2), (32, 64, 4, 2), (64, 64, 8, 1), (32, 32, 4, 2),
                                (64, 16, 4, 2)),
     ),

@@ -11,7 +11,8 @@ import triton
 
 import chill_jax
 from chill_jax import CausalChillMask, ChunkwiseChillMask, PrefixLMChillMask, SlidingWindowChillMask
-from chill_jax.configs import default_config, load_table
+from chill_jax import AttentionConfig, KernelConfig
+from chill_jax.configs import autotune_candidates, default_config, load_table
 import compile_check
 import custom_masks
 from testing_utils import BUILTIN_MASKS, dtype_name, layout_shape
@@ -109,3 +110,31 @@ def test_array_and_composed_masks_compile_for_sm90(mask):
     generated composition methods compile for sm_90 in every kernel."""
     config = default_config("triton", 64, 2, mask, generation="hopper")
     _check_compiles(mask, jnp.bfloat16, 64, 2, 2, "BTNH", None, config)
+
+
+DKDV_CANDIDATES = [
+    pytest.param(block_d, cfg, id=f"D{block_d}-{cfg.block_m}x{cfg.block_n}w{cfg.num_warps}s{cfg.num_stages}")
+    for block_d in (64, 128, 256) for cfg in autotune_candidates(block_d, 2)["bwd_dkdv"]
+]
+
+
+@pytest.mark.parametrize("block_d,kernel_config", DKDV_CANDIDATES)
+def test_dkdv_autotune_candidates_compile_for_sm90(block_d, kernel_config):
+    """Every dK/dV configuration ``autotune=True`` may pick (16-bit inputs)
+    compiles for sm_90 and fits the per-block shared memory."""
+    config = AttentionConfig(fwd=KernelConfig(64, 64, 4, 2), bwd_dkdv=kernel_config, bwd_dq=KernelConfig(64, 64, 4, 2))
+    q = jax.ShapeDtypeStruct((2, 200, 2, block_d), jnp.bfloat16)
+
+    def loss(q, k, v):
+        out = chill_jax.attention(q, k, v, CausalChillMask(), config=config, implementation="interpret")
+        return jnp.sum(out.astype(jnp.float32))
+
+    jax.clear_caches()  # record_launches sees only launches traced anew
+    launches = [launch for launch in compile_check.record_launches(jax.grad(loss, argnums=(0, 1, 2)), q, q, q)
+                if launch[0].fn.__name__ == "attn_bwd_dkdv"]
+    assert len(launches) == 1
+    kernel, args, out_dtypes, constexprs, _ = launches[0]
+    out_types = [compile_check._type_of(np.empty(0, d))[1:] for d in out_dtypes]
+    compiled = compile_check.compile_sm90(kernel, args, out_types, constexprs, num_warps=kernel_config.num_warps,
+                                          num_stages=kernel_config.num_stages)
+    assert 0 < compiled.metadata.shared <= H100_MAX_SHARED, (compiled.metadata.shared, kernel_config)
