@@ -380,7 +380,8 @@ _SMALL_D = dict(
 # holds two float32 accumulators of its key tile: with 128-row tiles, or
 # 4 warps at D=128, the sm_90 build spills (hundreds of bytes of stack) and
 # those candidates were the slowest of every H200 sweep, so the lists favour
-# 8 warps there (benchmarks/NOTES.md, "dK/dV spills").
+# 8 warps there (benchmarks/NOTES.md, "dK/dV autotune candidates without
+# spills").
 AUTOTUNE_CANDIDATES: dict[int, dict[str, tuple[KernelConfig, ...]]] = {
     16: _SMALL_D,
     32: _SMALL_D,

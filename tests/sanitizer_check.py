@@ -25,7 +25,14 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import chill_jax  # noqa: E402
-from testing_utils import LSE_TOLERANCE, TOLERANCES, attention_and_grads, check_against_reference, normal, random_qkv  # noqa: E402
+from testing_utils import (  # noqa: E402
+    LSE_TOLERANCE,
+    TOLERANCES,
+    attention_and_grads,
+    check_against_reference,
+    normal,
+    random_qkv,
+)
 
 
 def cases():
