@@ -9,7 +9,8 @@ group (GQA) inside the program.
 import triton
 import triton.language as tl
 
-from .tiles import full_tile_span, load_tile, mask_args, mask_tile, tile_loop_bounds
+from .tiles import (full_tile_span, key_tiles_of_query_tile, load_tile, mask_args, mask_tile,
+                    tile_loop_bounds)
 
 
 @triton.jit
@@ -293,15 +294,8 @@ def attn_bwd_dq(
             q_dot = (q * qk_scale).to(q.dtype)
         else:
             q_dot = q
-        count = tl.minimum(q_len - start_m, BLOCK_M)
-        first, end = tile_loop_bounds(start_m, count, kv_len, K_RANGE_FN,
-                                      K_CONTINUOUS, BLOCK_M, ARGS, BLOCK_N)
-        if SPLIT_FULL:
-            full_lo, full_hi = full_tile_span(start_m, first, end, kv_len, kv_len, FULL_FN,
-                                              True, BLOCK_M, BLOCK_N, ARGS)
-        else:
-            full_lo = end
-            full_hi = end
+        first, end, full_lo, full_hi = key_tiles_of_query_tile(
+            start_m, q_len, kv_len, K_RANGE_FN, K_CONTINUOUS, FULL_FN, SPLIT_FULL, BLOCK_M, BLOCK_N, ARGS)
         # The tiles around the full run, with the mask; then the run, without.
         dq = _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, first, end, full_lo, full_hi,
                        offs_m, kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N, PRECISION,

@@ -4,7 +4,7 @@
 import triton
 import triton.language as tl
 
-from .tiles import full_tile_span, load_tile, mask_args, mask_tile, tile_loop_bounds
+from .tiles import key_tiles_of_query_tile, load_tile, mask_args, mask_tile
 
 
 @triton.jit
@@ -125,15 +125,8 @@ def attn_fwd(
                     mask=(offs_m[:, None] < q_len) & d_ok[None, :], other=0.0)
         if PRESCALE:
             q = (q * qk_scale).to(q.dtype)
-        count = tl.minimum(q_len - start_m, BLOCK_M)
-        first, end = tile_loop_bounds(start_m, count, kv_len, K_RANGE_FN,
-                                      K_CONTINUOUS, BLOCK_M, ARGS, BLOCK_N)
-        if SPLIT_FULL:
-            full_lo, full_hi = full_tile_span(start_m, first, end, kv_len, kv_len, FULL_FN,
-                                              True, BLOCK_M, BLOCK_N, ARGS)
-        else:
-            full_lo = end
-            full_hi = end
+        first, end, full_lo, full_hi = key_tiles_of_query_tile(
+            start_m, q_len, kv_len, K_RANGE_FN, K_CONTINUOUS, FULL_FN, SPLIT_FULL, BLOCK_M, BLOCK_N, ARGS)
         # The tiles around the full run, with the mask; then the run, without.
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, first, end, full_lo, full_hi,
                                    offs_m, kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,

@@ -314,3 +314,28 @@ def mask_tile(scores, fill, offs_q, offs_k, kv_len, MASK_FN: tl.constexpr,
     if TRANSPOSED:
         allowed = tl.trans(allowed)
     return tl.where(allowed, scores, fill)
+
+
+@triton.jit
+def key_tiles_of_query_tile(start_m, q_len, kv_len, K_RANGE_FN: tl.constexpr,
+                            K_CONTINUOUS: tl.constexpr, FULL_FN: tl.constexpr,
+                            SPLIT_FULL: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_N: tl.constexpr, ARGS):
+    """The key tiles the query tile at ``start_m`` visits (forward and dQ).
+
+    Returns:
+      ``(first, end, full_lo, full_hi)``: the tiles ``first, first +
+      BLOCK_N, ... < end`` (``tile_loop_bounds``), and within them the run
+      ``[full_lo, full_hi)`` that skips the mask (``full_tile_span``; empty,
+      at ``end``, without ``SPLIT_FULL``).
+    """
+    count = tl.minimum(q_len - start_m, BLOCK_M)
+    first, end = tile_loop_bounds(start_m, count, kv_len, K_RANGE_FN,
+                                  K_CONTINUOUS, BLOCK_M, ARGS, BLOCK_N)
+    if SPLIT_FULL:
+        full_lo, full_hi = full_tile_span(start_m, first, end, kv_len, kv_len, FULL_FN,
+                                          True, BLOCK_M, BLOCK_N, ARGS)
+    else:
+        full_lo = end
+        full_hi = end
+    return first, end, full_lo, full_hi
