@@ -35,21 +35,26 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, lo, hi, skip_lo, skip_hi, offs_
         v_ptrs = v_base + offs_n[:, None] * SVT + offs_d[None, :]
         n_ok = offs_n < kv_len
         kt = load_tile(kt_ptrs, n_ok, d_ok, False, MASKED, HEAD_DIM != BLOCK_D)
-        if PRESCALE:
-            qk = tl.dot(q, kt, input_precision=PRECISION)
-        else:
-            qk = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+        # Raw logits; the scale (> 0, so it commutes with the max) is applied
+        # to the row max and, in one fused multiply-add, inside the exp2.
+        qk = tl.dot(q, kt, input_precision=PRECISION)
         if MASKED:
             qk = mask_tile(qk, float("-inf"), offs_m, offs_n, kv_len, MASK_FN,
                            MASK_TAKES_LEN, False, ARGS)
+        if PRESCALE:
             m_new = tl.maximum(m_i, tl.max(qk, 1))
+        else:
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        if MASKED:
             # A row with no allowed key so far keeps m = -inf; shift it by 0.
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         else:
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
             m_use = m_new
         alpha = tl.math.exp2(m_i - m_use)
-        p = tl.math.exp2(qk - m_use[:, None])
+        if PRESCALE:
+            p = tl.math.exp2(qk - m_use[:, None])
+        else:
+            p = tl.math.exp2(qk * qk_scale - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = load_tile(v_ptrs, n_ok, d_ok, True, MASKED, HEAD_DIM != BLOCK_D)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
