@@ -312,9 +312,11 @@ def _in_fresh_thread(fn: Callable[[], Any]) -> Any:
 
 
 # Each timing sample runs back-to-back calls for at least this long before it
-# waits for the device, so that the host's per-call dispatch and wait do not
-# count in sub-millisecond kernels.
-_SAMPLE_MS = 2.0
+# waits for the device, so that the host's dispatch of the first call and the
+# wait for the last (~50-100 us together) are a small share of the sample:
+# with 2 ms, a 1.7 ms call was timed alone, dispatch and wait included, and
+# read 17% slow on an H200 (benchmarks/NOTES.md, "The sample length").
+_SAMPLE_MS = 20.0
 
 
 def _time_call(fn: Callable, args: Sequence[Any], *, warmup: int, reps: int) -> float:
@@ -323,15 +325,15 @@ def _time_call(fn: Callable, args: Sequence[Any], *, warmup: int, reps: int) -> 
     Each of the ``reps`` samples times ``inner`` calls issued back to back
     (JAX dispatches asynchronously) and one wait for the last result, with
     ``inner`` chosen from the fastest warm-up call (the first one compiles;
-    a busy host slows single calls) so that a sample lasts about
-    ``_SAMPLE_MS`` (1 for slow calls, e.g. under the interpreter).
+    a busy host slows single calls) so that a sample lasts at least
+    ``_SAMPLE_MS`` (1 call for slower calls, e.g. under the interpreter).
     """
     fastest = math.inf
     for _ in range(max(1, warmup)):
         start = time.perf_counter()
         jax.block_until_ready(fn(*args))
         fastest = min(fastest, (time.perf_counter() - start) * 1e3)
-    inner = max(1, min(100, int(_SAMPLE_MS / max(fastest, 1e-3))))
+    inner = max(1, min(100, math.ceil(_SAMPLE_MS / max(fastest, 1e-3))))
     times = []
     for _ in range(reps):
         start = time.perf_counter()
