@@ -8,11 +8,10 @@ from .tiles import key_tiles_of_query_tile, load_tile, mask_args, mask_tile
 
 
 @triton.jit
-def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, lo, hi, skip_lo, skip_hi, offs_m, kv_len, qk_scale,
-               SKT: tl.constexpr, SVT: tl.constexpr, HEAD_DIM: tl.constexpr,
+def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, lo, hi, skip_lo, skip_hi, offs_m, kv_len,
+               logit_scale, SKT: tl.constexpr, SVT: tl.constexpr, HEAD_DIM: tl.constexpr,
                BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
-               PRESCALE: tl.constexpr, MASKED: tl.constexpr, MASK_FN: tl.constexpr,
-               MASK_TAKES_LEN: tl.constexpr, ARGS):
+               MASKED: tl.constexpr, MASK_FN: tl.constexpr, MASK_TAKES_LEN: tl.constexpr, ARGS):
     """Online-softmax update of one query tile over key tiles ``lo, lo + BLOCK_N, ... < hi``
     except those in ``[skip_lo, skip_hi)`` (on the same tile grid).
 
@@ -20,6 +19,8 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, lo, hi, skip_lo, skip_hi, offs_
     one software pipeline. With ``MASKED`` every tile evaluates the mask and
     the key length; otherwise the tiles are known to be fully allowed and
     inside the key length, and are loaded and used without either check.
+    ``logit_scale`` turns ``q @ k^T`` into base-2 logits (1.0, a constant,
+    when the query tile arrives scaled).
 
     Returns:
       The updated ``(acc [BLOCK_M, BLOCK_D], l_i [BLOCK_M], m_i [BLOCK_M])``.
@@ -35,26 +36,20 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, lo, hi, skip_lo, skip_hi, offs_
         v_ptrs = v_base + offs_n[:, None] * SVT + offs_d[None, :]
         n_ok = offs_n < kv_len
         kt = load_tile(kt_ptrs, n_ok, d_ok, False, MASKED, HEAD_DIM != BLOCK_D)
-        # Raw logits; the scale (> 0, so it commutes with the max) is applied
-        # to the row max and, in one fused multiply-add, inside the exp2.
+        # Unscaled logits; the scale (> 0, so it commutes with the max) is
+        # applied to the row max and, as one fused multiply-add, in the exp2.
         qk = tl.dot(q, kt, input_precision=PRECISION)
         if MASKED:
             qk = mask_tile(qk, float("-inf"), offs_m, offs_n, kv_len, MASK_FN,
                            MASK_TAKES_LEN, False, ARGS)
-        if PRESCALE:
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
-        else:
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * logit_scale)
         if MASKED:
             # A row with no allowed key so far keeps m = -inf; shift it by 0.
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         else:
             m_use = m_new
         alpha = tl.math.exp2(m_i - m_use)
-        if PRESCALE:
-            p = tl.math.exp2(qk - m_use[:, None])
-        else:
-            p = tl.math.exp2(qk * qk_scale - m_use[:, None])
+        p = tl.math.exp2(qk * logit_scale - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = load_tile(v_ptrs, n_ok, d_ok, True, MASKED, HEAD_DIM != BLOCK_D)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
@@ -130,17 +125,20 @@ def attn_fwd(
                     mask=(offs_m[:, None] < q_len) & d_ok[None, :], other=0.0)
         if PRESCALE:
             q = (q * qk_scale).to(q.dtype)
+            logit_scale = 1.0
+        else:
+            logit_scale = qk_scale
         first, end, full_lo, full_hi = key_tiles_of_query_tile(
             start_m, q_len, kv_len, K_RANGE_FN, K_CONTINUOUS, FULL_FN, SPLIT_FULL, BLOCK_M, BLOCK_N, ARGS)
         # The tiles around the full run, with the mask; then the run, without.
         acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, first, end, full_lo, full_hi,
-                                   offs_m, kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,
-                                   PRECISION, PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
+                                   offs_m, kv_len, logit_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,
+                                   PRECISION, True, MASK_FN, MASK_TAKES_LEN, ARGS)
         if SPLIT_FULL:
             acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, full_lo, full_hi, full_hi,
-                                       full_hi, offs_m, kv_len, qk_scale, SKT, SVT, HEAD_DIM,
-                                       BLOCK_D, BLOCK_N, PRECISION, PRESCALE, False, MASK_FN,
-                                       MASK_TAKES_LEN, ARGS)
+                                       full_hi, offs_m, kv_len, logit_scale, SKT, SVT, HEAD_DIM,
+                                       BLOCK_D, BLOCK_N, PRECISION, False, MASK_FN, MASK_TAKES_LEN,
+                                       ARGS)
 
     row_ok = (offs_m < q_len) & (l_i > 0.0)
     out = acc / tl.where(row_ok, l_i, 1.0)[:, None]

@@ -332,10 +332,9 @@ def key_tiles_of_query_tile(start_m, q_len, kv_len, K_RANGE_FN: tl.constexpr,
     count = tl.minimum(q_len - start_m, BLOCK_M)
     first, end = tile_loop_bounds(start_m, count, kv_len, K_RANGE_FN,
                                   K_CONTINUOUS, BLOCK_M, ARGS, BLOCK_N)
+    full_lo = end
+    full_hi = end
     if SPLIT_FULL:
         full_lo, full_hi = full_tile_span(start_m, first, end, kv_len, kv_len, FULL_FN,
                                           True, BLOCK_M, BLOCK_N, ARGS)
-    else:
-        full_lo = end
-        full_hi = end
     return first, end, full_lo, full_hi
