@@ -78,12 +78,15 @@ def main(argv: list[str] | None = None) -> int:
                 out = os.path.join(args.out_dir, f"ab_{name}_{round_}.csv")
                 cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench.py"), "--out", out, *bench_args]
                 try:
-                    subprocess.run(cmd, check=False, timeout=args.timeout,
-                                   stdout=open(out.replace(".csv", ".log"), "w"), stderr=subprocess.STDOUT)
+                    with open(out.replace(".csv", ".log"), "w") as log:
+                        subprocess.run(cmd, check=False, timeout=args.timeout, stdout=log,
+                                       stderr=subprocess.STDOUT)
                 except subprocess.TimeoutExpired:
                     print(f"# {name} round {round_}: timed out after {args.timeout:.0f} s", flush=True)
                 if os.path.exists(out):
-                    for row in csv.DictReader(open(out)):
+                    with open(out) as f:
+                        rows = list(csv.DictReader(f))
+                    for row in rows:
                         key = (row["impl"], row["mask"], f'{row["B"]}x{row["N"]}x{row["T"]}x{row["D"]}', row["pass"])
                         ms[key][name].append(row["ms"] or "-")
     finally:

@@ -57,8 +57,8 @@ def dense_mask(name: str, t: int) -> np.ndarray:
 def time_jax(fn, args, reps: int) -> float:
     """Median milliseconds per call of ``fn(*args)`` after two warm-up calls, timed
     as ``autotune=True`` times its candidates (samples of back-to-back calls
-    lasting at least 20 ms, so host dispatch and the final wait do not
-    count)."""
+    lasting at least ``_autotune._SAMPLE_MS``, so host dispatch and the final
+    wait do not count)."""
     return _autotune._time_call(fn, args, warmup=2, reps=reps)
 
 

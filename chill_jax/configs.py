@@ -377,11 +377,11 @@ _SMALL_D = dict(
 )
 # Autotuning candidates by padded head dim, for 16-bit inputs; float32 inputs
 # use the next larger head dim's list (twice the bytes per element). dK/dV
-# holds two float32 accumulators of its key tile: with 128-row tiles, or
-# 4 warps at D=128, the sm_90 build spills (hundreds of bytes of stack) and
-# those candidates were the slowest of every H200 sweep, so the lists favour
-# 8 warps there (benchmarks/NOTES.md, "dK/dV autotune candidates without
-# spills").
+# holds two float32 accumulators of its key tile: the tiles whose sm_90
+# build spills hundreds of bytes (128 key rows, or 4 warps with wide tiles
+# at D=128) were the slowest of every H200 sweep and are left out; the
+# 8-warp tiles that replaced them do not spill but lost to the 4-warp
+# winners too (benchmarks/NOTES.md, "dK/dV without spills, measured").
 AUTOTUNE_CANDIDATES: dict[int, dict[str, tuple[KernelConfig, ...]]] = {
     16: _SMALL_D,
     32: _SMALL_D,
