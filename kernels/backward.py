@@ -9,7 +9,7 @@ group (GQA) inside the program.
 import triton
 import triton.language as tl
 
-from .tiles import (full_tile_span, key_tiles_of_query_tile, load_tile, mask_args, mask_tile,
+from .tiles import (full_tile_span, live_key_tiles, load_tile, mask_args, mask_tile,
                     tile_loop_bounds)
 
 
@@ -280,30 +280,33 @@ def attn_bwd_dq(
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     qk_scale = sm_scale * 1.4426950408889634
-    if start_m < q_len:
-        m_ok = offs_m < q_len
-        q_mask = m_ok[:, None] & d_ok[None, :]
-        q = tl.load(q_base + offs_m[:, None] * SQT + offs_d[None, :], mask=q_mask, other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * SQT + offs_d[None, :], mask=q_mask, other=0.0)
-        rows = pid_bh.to(tl.int64) * Q_LEN + offs_m
-        lse = tl.load(Lse + rows, mask=m_ok, other=float("-inf"))
-        # Rows with no allowed key (lse = -inf) get p = 0, even in full tiles.
-        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-        delta = tl.load(Delta + rows, mask=m_ok, other=0.0)
-        if PRESCALE:
-            q_dot = (q * qk_scale).to(q.dtype)
-        else:
-            q_dot = q
-        first, end, full_lo, full_hi = key_tiles_of_query_tile(
-            start_m, q_len, kv_len, K_RANGE_FN, K_CONTINUOUS, FULL_FN, SPLIT_FULL, BLOCK_M, BLOCK_N, ARGS)
-        # The tiles around the full run, with the mask; then the run, without.
-        dq = _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, first, end, full_lo, full_hi,
-                       offs_m, kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N, PRECISION,
-                       PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
-        if SPLIT_FULL:
-            dq = _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, full_lo, full_hi, full_hi,
-                           full_hi, offs_m, kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,
-                           PRECISION, PRESCALE, False, MASK_FN, MASK_TAKES_LEN, ARGS)
+    # No branch on the query length (see attn_fwd): a query tile at or past
+    # it gets empty key ranges.
+    live = start_m < q_len
+    m_ok = offs_m < q_len
+    q_mask = m_ok[:, None] & d_ok[None, :]
+    q = tl.load(q_base + offs_m[:, None] * SQT + offs_d[None, :], mask=q_mask, other=0.0)
+    do = tl.load(do_base + offs_m[:, None] * SQT + offs_d[None, :], mask=q_mask, other=0.0)
+    rows = pid_bh.to(tl.int64) * Q_LEN + offs_m
+    lse = tl.load(Lse + rows, mask=m_ok, other=float("-inf"))
+    # Rows with no allowed key (lse = -inf) get p = 0, even in full tiles.
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    delta = tl.load(Delta + rows, mask=m_ok, other=0.0)
+    if PRESCALE:
+        q_dot = (q * qk_scale).to(q.dtype)
+    else:
+        q_dot = q
+    first, end, full_lo, full_hi = live_key_tiles(live, start_m, q_len, kv_len, K_RANGE_FN,
+                                                  K_CONTINUOUS, FULL_FN, SPLIT_FULL, BLOCK_M,
+                                                  BLOCK_N, ARGS)
+    # The tiles around the full run, with the mask; then the run, without.
+    dq = _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, first, end, full_lo, full_hi,
+                   offs_m, kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N, PRECISION,
+                   PRESCALE, True, MASK_FN, MASK_TAKES_LEN, ARGS)
+    if SPLIT_FULL:
+        dq = _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, full_lo, full_hi, full_hi,
+                       full_hi, offs_m, kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,
+                       PRECISION, PRESCALE, False, MASK_FN, MASK_TAKES_LEN, ARGS)
 
     dq = dq * sm_scale
     dq_base = DQ + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH

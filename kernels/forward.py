@@ -4,7 +4,7 @@
 import triton
 import triton.language as tl
 
-from .tiles import key_tiles_of_query_tile, load_tile, mask_args, mask_tile
+from .tiles import live_key_tiles, load_tile, mask_args, mask_tile
 
 
 @triton.jit
@@ -120,25 +120,29 @@ def attn_fwd(
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     qk_scale = sm_scale * 1.4426950408889634
 
-    if start_m < q_len:
-        q = tl.load(q_base + offs_m[:, None] * SQT + offs_d[None, :],
-                    mask=(offs_m[:, None] < q_len) & d_ok[None, :], other=0.0)
-        if PRESCALE:
-            q = (q * qk_scale).to(q.dtype)
-            logit_scale = 1.0
-        else:
-            logit_scale = qk_scale
-        first, end, full_lo, full_hi = key_tiles_of_query_tile(
-            start_m, q_len, kv_len, K_RANGE_FN, K_CONTINUOUS, FULL_FN, SPLIT_FULL, BLOCK_M, BLOCK_N, ARGS)
-        # The tiles around the full run, with the mask; then the run, without.
-        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, first, end, full_lo, full_hi,
-                                   offs_m, kv_len, logit_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,
-                                   PRECISION, True, MASK_FN, MASK_TAKES_LEN, ARGS)
-        if SPLIT_FULL:
-            acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, full_lo, full_hi, full_hi,
-                                       full_hi, offs_m, kv_len, logit_scale, SKT, SVT, HEAD_DIM,
-                                       BLOCK_D, BLOCK_N, PRECISION, False, MASK_FN, MASK_TAKES_LEN,
-                                       ARGS)
+    # No branch on the query length: a query tile at or past it gets empty
+    # key ranges (behind a branch, even one around the bounds alone, ptxas
+    # spilled the 128-row D=128 tiles and gave the full-tile loops 5-12% more
+    # instructions; sm_90 SASS).
+    live = start_m < q_len
+    q = tl.load(q_base + offs_m[:, None] * SQT + offs_d[None, :],
+                mask=(offs_m[:, None] < q_len) & d_ok[None, :], other=0.0)
+    if PRESCALE:
+        q = (q * qk_scale).to(q.dtype)
+        logit_scale = 1.0
+    else:
+        logit_scale = qk_scale
+    first, end, full_lo, full_hi = live_key_tiles(live, start_m, q_len, kv_len, K_RANGE_FN,
+                                                  K_CONTINUOUS, FULL_FN, SPLIT_FULL, BLOCK_M,
+                                                  BLOCK_N, ARGS)
+    # The tiles around the full run, with the mask; then the run, without.
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, first, end, full_lo, full_hi,
+                               offs_m, kv_len, logit_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,
+                               PRECISION, True, MASK_FN, MASK_TAKES_LEN, ARGS)
+    if SPLIT_FULL:
+        acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, full_lo, full_hi, full_hi,
+                                   full_hi, offs_m, kv_len, logit_scale, SKT, SVT, HEAD_DIM,
+                                   BLOCK_D, BLOCK_N, PRECISION, False, MASK_FN, MASK_TAKES_LEN, ARGS)
 
     row_ok = (offs_m < q_len) & (l_i > 0.0)
     out = acc / tl.where(row_ok, l_i, 1.0)[:, None]

@@ -338,3 +338,22 @@ def key_tiles_of_query_tile(start_m, q_len, kv_len, K_RANGE_FN: tl.constexpr,
         full_lo, full_hi = full_tile_span(start_m, first, end, kv_len, kv_len, FULL_FN,
                                           True, BLOCK_M, BLOCK_N, ARGS)
     return first, end, full_lo, full_hi
+
+
+@triton.jit
+def live_key_tiles(live, start_m, q_len, kv_len, K_RANGE_FN: tl.constexpr,
+                   K_CONTINUOUS: tl.constexpr, FULL_FN: tl.constexpr, SPLIT_FULL: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ARGS):
+    """``key_tiles_of_query_tile`` without a branch on ``live`` (whether the
+    query tile starts below the query length): for a tile that does not,
+    every range is empty (all four values 0). The bounds are then computed
+    for the first query tile in its place, so the mask methods only ever see
+    valid positions. The kernels use this instead of branching around their
+    loops, which costs ptxas registers (see ``attn_fwd``).
+    """
+    tile = tl.where(live, start_m, 0)
+    first, end, full_lo, full_hi = key_tiles_of_query_tile(
+        tile, tl.where(live, q_len, 1), kv_len, K_RANGE_FN, K_CONTINUOUS, FULL_FN, SPLIT_FULL,
+        BLOCK_M, BLOCK_N, ARGS)
+    return (tl.where(live, first, 0), tl.where(live, end, 0), tl.where(live, full_lo, 0),
+            tl.where(live, full_hi, 0))
