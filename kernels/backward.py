@@ -143,6 +143,9 @@ def attn_bwd_dkdv(
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     qk_scale = sm_scale * 1.4426950408889634
 
+    # Unlike attn_fwd and attn_bwd_dq this kernel keeps the branch on the
+    # length: without it ptxas gave the causal loops more instructions (255 ->
+    # 324 per tile at D=128, sm_90 SASS; benchmarks/NOTES.md, v7).
     if start_n < kv_len:
         k_base = K + b.to(tl.int64) * SKB + kvh.to(tl.int64) * SKH
         v_base = V + b.to(tl.int64) * SVB + kvh.to(tl.int64) * SVH
