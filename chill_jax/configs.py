@@ -381,7 +381,9 @@ _SMALL_D = dict(
 # build spills hundreds of bytes (128 key rows, or 4 warps with wide tiles
 # at D=128) were the slowest of every H200 sweep and are left out; the
 # 8-warp tiles that replaced them do not spill but lost to the 4-warp
-# winners too (benchmarks/NOTES.md, "dK/dV without spills, measured").
+# winners too (benchmarks/NOTES.md, "dK/dV without spills, measured"). The
+# D=128 forward's 128x64/4-warp/2-stage tile stopped spilling with the
+# branch-free kernels (NOTES, v7) and won the H200 sweeps since.
 AUTOTUNE_CANDIDATES: dict[int, dict[str, tuple[KernelConfig, ...]]] = {
     16: _SMALL_D,
     32: _SMALL_D,
