@@ -317,11 +317,17 @@ def mask_tile(scores, fill, offs_q, offs_k, kv_len, MASK_FN: tl.constexpr,
 
 
 @triton.jit
-def key_tiles_of_query_tile(start_m, q_len, kv_len, K_RANGE_FN: tl.constexpr,
-                            K_CONTINUOUS: tl.constexpr, FULL_FN: tl.constexpr,
-                            SPLIT_FULL: tl.constexpr, BLOCK_M: tl.constexpr,
-                            BLOCK_N: tl.constexpr, ARGS):
+def live_key_tiles(live, start_m, q_len, kv_len, K_RANGE_FN: tl.constexpr,
+                   K_CONTINUOUS: tl.constexpr, FULL_FN: tl.constexpr, SPLIT_FULL: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ARGS):
     """The key tiles the query tile at ``start_m`` visits (forward and dQ).
+
+    ``live`` says whether the tile starts below the query length ``q_len``.
+    A tile that does not gets empty ranges (all four values 0) without a
+    branch: the bounds are computed for the first query tile in its place,
+    so the mask methods only ever see valid positions, and then replaced.
+    The kernels use this instead of branching around their loops, which
+    costs ptxas registers (see ``attn_fwd``).
 
     Returns:
       ``(first, end, full_lo, full_hi)``: the tiles ``first, first +
@@ -329,31 +335,14 @@ def key_tiles_of_query_tile(start_m, q_len, kv_len, K_RANGE_FN: tl.constexpr,
       ``[full_lo, full_hi)`` that skips the mask (``full_tile_span``; empty,
       at ``end``, without ``SPLIT_FULL``).
     """
-    count = tl.minimum(q_len - start_m, BLOCK_M)
-    first, end = tile_loop_bounds(start_m, count, kv_len, K_RANGE_FN,
+    tile = tl.where(live, start_m, 0)
+    count = tl.minimum(tl.where(live, q_len, 1) - tile, BLOCK_M)
+    first, end = tile_loop_bounds(tile, count, kv_len, K_RANGE_FN,
                                   K_CONTINUOUS, BLOCK_M, ARGS, BLOCK_N)
     full_lo = end
     full_hi = end
     if SPLIT_FULL:
-        full_lo, full_hi = full_tile_span(start_m, first, end, kv_len, kv_len, FULL_FN,
+        full_lo, full_hi = full_tile_span(tile, first, end, kv_len, kv_len, FULL_FN,
                                           True, BLOCK_M, BLOCK_N, ARGS)
-    return first, end, full_lo, full_hi
-
-
-@triton.jit
-def live_key_tiles(live, start_m, q_len, kv_len, K_RANGE_FN: tl.constexpr,
-                   K_CONTINUOUS: tl.constexpr, FULL_FN: tl.constexpr, SPLIT_FULL: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ARGS):
-    """``key_tiles_of_query_tile`` without a branch on ``live`` (whether the
-    query tile starts below the query length): for a tile that does not,
-    every range is empty (all four values 0). The bounds are then computed
-    for the first query tile in its place, so the mask methods only ever see
-    valid positions. The kernels use this instead of branching around their
-    loops, which costs ptxas registers (see ``attn_fwd``).
-    """
-    tile = tl.where(live, start_m, 0)
-    first, end, full_lo, full_hi = key_tiles_of_query_tile(
-        tile, tl.where(live, q_len, 1), kv_len, K_RANGE_FN, K_CONTINUOUS, FULL_FN, SPLIT_FULL,
-        BLOCK_M, BLOCK_N, ARGS)
     return (tl.where(live, first, 0), tl.where(live, end, 0), tl.where(live, full_lo, 0),
             tl.where(live, full_hi, 0))

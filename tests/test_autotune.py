@@ -444,8 +444,8 @@ def test_autotune_array_masks(rng, cache_dir, searches):
 def test_time_call_batches_fast_calls(monkeypatch):
     """Fast calls are timed in back-to-back batches (one wait per sample),
     slow ones one at a time; the result is milliseconds per call. (Samples
-    of 50 ms here: with many test workers on one host a single tiny call
-    can take the default 2 ms.)"""
+    of 50 ms here, so that the fast call's batch stays more than one call
+    even when many test workers on one host slow single calls down.)"""
     monkeypatch.setattr(_autotune, "_SAMPLE_MS", 50.0)
     calls = []
 
