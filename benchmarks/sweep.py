@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=20, help="timed calls per candidate (after 2 warm-up calls)")
     parser.add_argument("--candidates", type=int, default=None,
                         help="time only the first N candidates of each pass (plus the default)")
+    parser.add_argument("--steps", nargs="+", default=list(_autotune.PASSES), choices=list(_autotune.PASSES),
+                        help="passes whose candidates are searched; the others keep the table's entry")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke test)")
     parser.add_argument("--write", metavar="PATH", help="merge the winners into this tuned table (JSON)")
     parser.add_argument("--wildcard", choices=list(MASKS),
@@ -120,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                     candidates = configs.autotune_candidates(block_d, dtype.itemsize)
                     if args.candidates is not None:
                         candidates = {step: tuple(c)[:args.candidates] for step, c in candidates.items()}
+                    candidates = {step: c if step in args.steps else () for step, c in candidates.items()}
                     best, measurements = _autotune.search(problem, base, candidates, repetitions=(2, args.reps))
                     for m in measurements:
                         kernel = getattr(m.config, m.step)

@@ -371,9 +371,9 @@ _SMALL_D = dict(
     fwd=_kernel_configs((128, 64, 4, 3), (128, 128, 4, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 3),
                         (128, 128, 4, 2), (64, 128, 4, 3)),
     bwd_dkdv=_kernel_configs((64, 128, 8, 2), (32, 128, 4, 2), (32, 128, 8, 2), (64, 64, 4, 2), (64, 64, 8, 2),
-                             (32, 64, 4, 2), (64, 64, 4, 3)),
+                             (32, 64, 4, 2), (64, 64, 4, 3), (32, 64, 4, 3), (32, 64, 4, 4)),
     bwd_dq=_kernel_configs((128, 64, 8, 2), (128, 32, 4, 2), (128, 128, 8, 2), (64, 64, 4, 2), (64, 128, 8, 2),
-                           (64, 32, 4, 2), (64, 64, 4, 3)),
+                           (64, 32, 4, 2), (64, 64, 4, 3), (64, 32, 4, 3), (64, 64, 4, 4)),
 )
 # Autotuning candidates by padded head dim, for 16-bit inputs; float32 inputs
 # use the next larger head dim's list (twice the bytes per element). dK/dV
@@ -383,7 +383,10 @@ _SMALL_D = dict(
 # 8-warp tiles that replaced them do not spill but lost to the 4-warp
 # winners too (benchmarks/NOTES.md, "dK/dV without spills, measured"). The
 # D=128 forward's 128x64/4-warp/2-stage tile stopped spilling with the
-# branch-free kernels (NOTES, v7) and won the H200 sweeps since.
+# branch-free kernels (NOTES, v7) and won the H200 sweeps since. The 3- and
+# 4-stage backward tiles (deeper pipelines of the streamed tiles) build
+# without spills on sm_90 and leave room for two programs per SM (at most
+# 99 KB of shared memory at D=128).
 AUTOTUNE_CANDIDATES: dict[int, dict[str, tuple[KernelConfig, ...]]] = {
     16: _SMALL_D,
     32: _SMALL_D,
@@ -392,9 +395,9 @@ AUTOTUNE_CANDIDATES: dict[int, dict[str, tuple[KernelConfig, ...]]] = {
         fwd=_kernel_configs((128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3),
                             (64, 128, 4, 2), (128, 64, 8, 2), (128, 64, 4, 2)),
         bwd_dkdv=_kernel_configs((64, 64, 4, 2), (64, 128, 8, 2), (32, 128, 8, 2), (64, 64, 8, 2), (32, 64, 4, 2),
-                                 (64, 32, 4, 2), (32, 64, 8, 2)),
+                                 (64, 32, 4, 2), (32, 64, 8, 2), (32, 64, 4, 3), (32, 64, 4, 4), (32, 128, 8, 3)),
         bwd_dq=_kernel_configs((64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 2), (64, 128, 8, 2), (64, 32, 4, 2),
-                               (32, 64, 4, 2), (128, 128, 8, 1)),
+                               (32, 64, 4, 2), (128, 128, 8, 1), (64, 32, 4, 3), (64, 32, 4, 4)),
     ),
     256: dict(
         fwd=_kernel_configs((64, 32, 4, 2), (64, 64, 4, 2), (64, 64, 8, 2), (128, 32, 8, 2), (32, 64, 4, 2),
