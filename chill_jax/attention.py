@@ -14,7 +14,7 @@ import triton
 
 from chill_jax import _autotune, _launch, _sharding, _xla
 from chill_jax.configs import AttentionConfig
-from chill_jax.kernels import attn_bwd_dkdv, attn_bwd_dq, attn_bwd_preprocess, attn_fwd
+from chill_jax.kernels import attn_bwd_dkdv, attn_bwd_dq, attn_fwd
 from chill_jax.kernels import MAX_MASK_ARRAYS
 from chill_jax.masks import ChillMask, FullChillMask, batched_arrays, split_arrays
 
@@ -104,31 +104,27 @@ def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens, a
     geo = _geometry(static, q, k, v)
     b, t, n, s = q.shape[0], geo["Q_LEN"], geo["NUM_HEADS"], geo["KV_LEN"]
     kv_heads = n // geo["GROUP"]
-    pre = static.config.fwd
-    (delta,) = _launch.launch(
-        attn_bwd_preprocess, grid=(triton.cdiv(t, pre.block_m), b * n),
-        args=[out, dout.astype(q.dtype), dlse.astype(jnp.float32)],
-        out_shapes=[jax.ShapeDtypeStruct((b, n, t), jnp.float32)],
-        constexprs=dict(SOB=geo["SQB"], SOT=geo["SQT"], SOH=geo["SQH"], NUM_HEADS=n, Q_LEN=t,
-                        HEAD_DIM=geo["HEAD_DIM"], BLOCK_D=geo["BLOCK_D"], BLOCK_M=pre.block_m),
-        config=pre, implementation=static.implementation)
-    common = [q, k, v, dout.astype(q.dtype), lse, delta, q_lens, kv_lens, *_mask_operands(arrays),
-              static.sm_scale]
+    dout = dout.astype(q.dtype)
+    mask_operands = _mask_operands(arrays)
+    # dQ first: its programs also compute delta, which dK/dV reads.
+    cfg = static.config.bwd_dq
+    spec = static.mask.spec(cfg.block_m, cfg.block_n, s).with_arrays(arrays)
+    dq, delta = _launch.launch(
+        attn_bwd_dq, grid=(triton.cdiv(t, cfg.block_m), b * n),
+        args=[q, k, v, out, dout, lse, dlse.astype(jnp.float32), q_lens, kv_lens, *mask_operands,
+              static.sm_scale],
+        out_shapes=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, n, t), jnp.float32)],
+        constexprs=dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=_split_full(spec),
+                        **spec.constexprs()),
+        config=cfg, implementation=static.implementation)
     cfg = static.config.bwd_dkdv
     spec = static.mask.spec(cfg.block_m, cfg.block_n, s).with_arrays(arrays)
     dk, dv = _launch.launch(
-        attn_bwd_dkdv, grid=(triton.cdiv(s, cfg.block_n), b * kv_heads), args=common,
+        attn_bwd_dkdv, grid=(triton.cdiv(s, cfg.block_n), b * kv_heads),
+        args=[q, k, v, dout, lse, delta, q_lens, kv_lens, *mask_operands, static.sm_scale],
         out_shapes=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
         constexprs=dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=_split_full(spec),
                         **spec.constexprs(backward_q_ranges=True)),
-        config=cfg, implementation=static.implementation)
-    cfg = static.config.bwd_dq
-    spec = static.mask.spec(cfg.block_m, cfg.block_n, s).with_arrays(arrays)
-    (dq,) = _launch.launch(
-        attn_bwd_dq, grid=(triton.cdiv(t, cfg.block_m), b * n), args=common,
-        out_shapes=[jax.ShapeDtypeStruct(q.shape, q.dtype)],
-        constexprs=dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=_split_full(spec),
-                        **spec.constexprs()),
         config=cfg, implementation=static.implementation)
     return dq, dk, dv
 

@@ -1,7 +1,7 @@
 # Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
 """Triton kernels of chill-jax (no JAX import): forward, backward, tile ranges."""
 
-from .backward import attn_bwd_dkdv, attn_bwd_dq, attn_bwd_preprocess
+from .backward import attn_bwd_dkdv, attn_bwd_dq
 from .forward import attn_fwd
 from .tiles import ARRAY_PACKERS, MAX_MASK_ARGS, MAX_MASK_ARRAYS, PACKERS
 
@@ -12,6 +12,5 @@ __all__ = [
     "PACKERS",
     "attn_bwd_dkdv",
     "attn_bwd_dq",
-    "attn_bwd_preprocess",
     "attn_fwd",
 ]

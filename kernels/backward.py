@@ -1,9 +1,12 @@
 # Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
-"""Backward flash-attention kernels: delta preprocess, dK/dV, dQ.
+"""Backward flash-attention kernels: dQ (which also computes delta), then dK/dV.
 
-dK/dV and dQ are separate launches without atomics, so the backward pass is
-bitwise deterministic. dK/dV sums over the query heads of a key/value head's
-group (GQA) inside the program.
+dQ and dK/dV are separate launches without atomics, so the backward pass is
+bitwise deterministic. The dQ launch goes first: each of its programs
+computes its rows' ``delta = rowsum(dOut * Out) - dLse`` from tiles it holds
+anyway (dOut) or loads once (Out) and writes it for the dK/dV launch, so no
+launch of its own reads Out and dOut again. dK/dV sums over the query heads
+of a key/value head's group (GQA) inside the program.
 """
 
 import triton
@@ -11,35 +14,6 @@ import triton.language as tl
 
 from .tiles import (full_tile_span, live_key_tiles, load_tile, mask_args, mask_tile,
                     tile_loop_bounds)
-
-
-@triton.jit
-def attn_bwd_preprocess(
-    Out, DOut, DLse,
-    Delta,
-    SOB: tl.constexpr, SOT: tl.constexpr, SOH: tl.constexpr,
-    NUM_HEADS: tl.constexpr, Q_LEN: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-):
-    """``Delta = rowsum(dOut * Out) - dLse``, float32 ``[B, N, Q_LEN]``.
-
-    Out/DOut share the query layout (strides ``SOB, SOT, SOH``); DLse is the
-    cotangent of the log-sum-exp, float32 ``[B, N, Q_LEN]``. Grid:
-    ``(cdiv(Q_LEN, BLOCK_M), B * N)``.
-    """
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // NUM_HEADS
-    h = pid_bh % NUM_HEADS
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    ok = (offs_m[:, None] < Q_LEN) & (offs_d[None, :] < HEAD_DIM)
-    base = b.to(tl.int64) * SOB + h.to(tl.int64) * SOH + offs_m[:, None] * SOT + offs_d[None, :]
-    o = tl.load(Out + base, mask=ok, other=0.0).to(tl.float32)
-    do = tl.load(DOut + base, mask=ok, other=0.0).to(tl.float32)
-    row = pid_bh.to(tl.int64) * Q_LEN + offs_m
-    dlse = tl.load(DLse + row, mask=offs_m < Q_LEN, other=0.0)
-    tl.store(Delta + row, tl.sum(o * do, 1) - dlse, mask=offs_m < Q_LEN)
 
 
 @triton.jit
@@ -234,8 +208,8 @@ def _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, lo, hi, skip_lo, skip_
 
 @triton.jit
 def attn_bwd_dq(
-    Q, K, V, DOut, Lse, Delta, QLens, KVLens, M0, M1, M2, M3, sm_scale,
-    DQ,
+    Q, K, V, Out, DOut, Lse, DLse, QLens, KVLens, M0, M1, M2, M3, sm_scale,
+    DQ, Delta,
     SQB: tl.constexpr, SQT: tl.constexpr, SQH: tl.constexpr,
     SKB: tl.constexpr, SKT: tl.constexpr, SKH: tl.constexpr,
     SVB: tl.constexpr, SVT: tl.constexpr, SVH: tl.constexpr,
@@ -254,9 +228,11 @@ def attn_bwd_dq(
     PACK_ARRAYS: tl.constexpr,
     MS0: tl.constexpr, MS1: tl.constexpr, MS2: tl.constexpr, MS3: tl.constexpr,
 ):
-    """One program computes dQ of one query tile of one (batch, head).
+    """One program computes dQ and delta of one query tile of one (batch, head).
 
-    DQ has the layout of Q. Grid: ``(cdiv(Q_LEN, BLOCK_M), B * NUM_HEADS)``.
+    Out, DOut and DQ have the layout of Q. Lse and DLse (the log-sum-exp's
+    cotangent) are float32 ``[B, N, Q_LEN]``; so is the output Delta,
+    ``rowsum(dOut * Out) - dLse``, which the dK/dV launch reads. Grid: ``(cdiv(Q_LEN, BLOCK_M), B * NUM_HEADS)``.
     Key tiles are visited as in the forward kernel (two loops with
     ``SPLIT_FULL``).
     """
@@ -288,13 +264,17 @@ def attn_bwd_dq(
     live = start_m < q_len
     m_ok = offs_m < q_len
     q_mask = m_ok[:, None] & d_ok[None, :]
-    q = tl.load(q_base + offs_m[:, None] * SQT + offs_d[None, :], mask=q_mask, other=0.0)
-    do = tl.load(do_base + offs_m[:, None] * SQT + offs_d[None, :], mask=q_mask, other=0.0)
+    row_offs = offs_m[:, None] * SQT + offs_d[None, :]
+    q = tl.load(q_base + row_offs, mask=q_mask, other=0.0)
+    do = tl.load(do_base + row_offs, mask=q_mask, other=0.0)
+    o = tl.load(Out + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH + row_offs, mask=q_mask, other=0.0)
     rows = pid_bh.to(tl.int64) * Q_LEN + offs_m
     lse = tl.load(Lse + rows, mask=m_ok, other=float("-inf"))
     # Rows with no allowed key (lse = -inf) get p = 0, even in full tiles.
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-    delta = tl.load(Delta + rows, mask=m_ok, other=0.0)
+    # Rows at or past the length get delta = 0 (no tile reads them).
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1) - tl.load(DLse + rows, mask=m_ok, other=0.0)
+    tl.store(Delta + rows, delta, mask=offs_m < Q_LEN)
     if PRESCALE:
         q_dot = (q * qk_scale).to(q.dtype)
     else:

@@ -310,8 +310,7 @@ def test_precision(kernel_implementation, rng, precision, expected):
     jax.clear_caches()  # record_launches sees only launches traced anew
     launches = compile_check.record_launches(jax.grad(lambda *x: run(*x)[0].sum(), argnums=(0, 1, 2)), q, k, v)
     precisions = {kernel.fn.__name__: consts.get("PRECISION") for kernel, _, _, consts, _ in launches}
-    assert precisions == dict(attn_fwd=expected, attn_bwd_preprocess=None, attn_bwd_dkdv=expected,
-                              attn_bwd_dq=expected)
+    assert precisions == dict(attn_fwd=expected, attn_bwd_dkdv=expected, attn_bwd_dq=expected)
     out, lse = run(q, k, v)
     ref = reference(q, k, v, mask)
     tol = TOLERANCES["float32"] if expected == "ieee" else TOLERANCES["bfloat16"]
@@ -551,8 +550,7 @@ def test_full_tile_runs(kernel_implementation, rng, dtype, mask, expected):
     jax.clear_caches()  # record_launches sees only launches traced anew
     launches = compile_check.record_launches(jax.grad(loss, argnums=(0, 1, 2)), q, k, v)
     split = {kernel.fn.__name__: consts.get("SPLIT_FULL") for kernel, _, _, consts, _ in launches}
-    assert split == dict(attn_fwd=expected, attn_bwd_preprocess=None, attn_bwd_dkdv=expected,
-                         attn_bwd_dq=expected)
+    assert split == dict(attn_fwd=expected, attn_bwd_dkdv=expected, attn_bwd_dq=expected)
     dout, dlse = _cotangents(rng, q, 2, 150)
     result = attention_and_grads(q, k, v, mask, dout=dout, dlse=dlse, **kwargs)
     check_against_reference(result, q, k, v, mask, dout=dout, dlse=dlse, **kwargs)

@@ -18,7 +18,7 @@ import custom_masks
 from testing_utils import BUILTIN_MASKS, dtype_name, layout_shape
 
 H100_MAX_SHARED = 232448
-KERNELS = {"attn_fwd", "attn_bwd_preprocess", "attn_bwd_dkdv", "attn_bwd_dq"}
+KERNELS = {"attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq"}
 
 
 def _case(mask, dtype, head_dim, *, heads=2, kv_heads=2, layout="BTNH", precision=None):

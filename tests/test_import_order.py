@@ -53,10 +53,11 @@ report = dict(
 )
 if {compile_after}:
     import compile_check
-    from chill_jax.kernels import attn_bwd_preprocess
+    kernel, args, outs, consts, cfg = compile_check.record_launches(
+        lambda q: chill_jax.attention(q, q, q, implementation="interpret"), q)[0]
     compiled = compile_check.compile_sm90(
-        attn_bwd_preprocess, [np.empty(0, np.float32)] * 3, ["fp32"],
-        dict(SOB=6400, SOT=64, SOH=32, NUM_HEADS=2, Q_LEN=100, HEAD_DIM=32, BLOCK_D=32, BLOCK_M=64))
+        kernel, args, [compile_check._type_of(np.empty(0, x))[1:] for x in outs], consts,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     report["compiled_asm"] = sorted(compiled.asm)
 print("REPORT" + json.dumps(report))
 """
