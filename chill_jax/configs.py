@@ -386,7 +386,8 @@ _SMALL_D = dict(
 # branch-free kernels (NOTES, v7) and won the H200 sweeps since. The 3- and
 # 4-stage backward tiles (deeper pipelines of the streamed tiles) build
 # without spills on sm_90 and leave room for two programs per SM (at most
-# 99 KB of shared memory at D=128).
+# 99 KB of shared memory at D=128); the D=128 dQ tile 128x64/8w/3s
+# (FlexAttention's, 160 KB, one program per SM) won at full and causal.
 AUTOTUNE_CANDIDATES: dict[int, dict[str, tuple[KernelConfig, ...]]] = {
     16: _SMALL_D,
     32: _SMALL_D,
