@@ -93,7 +93,8 @@ def attn_bwd_dkdv(
     """One program computes dK, dV of one key tile of one (batch, kv head).
 
     DK/DV have the layout of K/V (strides ``SK*``/``SV*``). DOut shares the
-    query layout. Grid: ``(cdiv(KV_LEN, BLOCK_N), B * (NUM_HEADS // GROUP))``.
+    query layout; Lse and Delta (written by the dQ launch) are float32
+    ``[B, N, Q_LEN]``. Grid: ``(cdiv(KV_LEN, BLOCK_N), B * (NUM_HEADS // GROUP))``.
     Query tiles are visited as in the forward kernel (two loops with
     ``SPLIT_FULL``).
     """
@@ -232,9 +233,9 @@ def attn_bwd_dq(
 
     Out, DOut and DQ have the layout of Q. Lse and DLse (the log-sum-exp's
     cotangent) are float32 ``[B, N, Q_LEN]``; so is the output Delta,
-    ``rowsum(dOut * Out) - dLse``, which the dK/dV launch reads. Grid: ``(cdiv(Q_LEN, BLOCK_M), B * NUM_HEADS)``.
-    Key tiles are visited as in the forward kernel (two loops with
-    ``SPLIT_FULL``).
+    ``rowsum(dOut * Out) - dLse``, which the dK/dV launch reads. Grid:
+    ``(cdiv(Q_LEN, BLOCK_M), B * NUM_HEADS)``. Key tiles are visited as in
+    the forward kernel (two loops with ``SPLIT_FULL``).
     """
     # Last query tiles first: under causal-like masks they have the most key
     # tiles, so the long programs start early and the last wave is short.

@@ -107,8 +107,7 @@ def test_autotune_matches_reference_and_caches(rng, cache_dir, timings):
     launches = compile_check.record_launches(jax.grad(lambda q: _call(q, k, v, mask).sum()), q)
     assert len(timings) == 5
     used = {kernel.fn.__name__: cfg for kernel, _, _, _, cfg in launches}
-    assert used == dict(attn_fwd=tuned.fwd, attn_bwd_dkdv=tuned.bwd_dkdv,
-                        attn_bwd_dq=tuned.bwd_dq)
+    assert used == dict(attn_fwd=tuned.fwd, attn_bwd_dkdv=tuned.bwd_dkdv, attn_bwd_dq=tuned.bwd_dq)
 
 
 def test_failing_candidates_are_skipped(monkeypatch, rng, timings):
