@@ -253,8 +253,9 @@ def attn_bwd_dq(
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
-    q_base = Q + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH
-    do_base = DOut + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH
+    q_head = b.to(tl.int64) * SQB + h.to(tl.int64) * SQH  # Q, Out, DOut and DQ
+    q_base = Q + q_head
+    do_base = DOut + q_head
     k_base = K + b.to(tl.int64) * SKB + kvh.to(tl.int64) * SKH
     v_base = V + b.to(tl.int64) * SVB + kvh.to(tl.int64) * SVH
 
@@ -268,7 +269,7 @@ def attn_bwd_dq(
     row_offs = offs_m[:, None] * SQT + offs_d[None, :]
     q = tl.load(q_base + row_offs, mask=q_mask, other=0.0)
     do = tl.load(do_base + row_offs, mask=q_mask, other=0.0)
-    o = tl.load(Out + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH + row_offs, mask=q_mask, other=0.0)
+    o = tl.load(Out + q_head + row_offs, mask=q_mask, other=0.0)
     rows = pid_bh.to(tl.int64) * Q_LEN + offs_m
     lse = tl.load(Lse + rows, mask=m_ok, other=float("-inf"))
     # Rows with no allowed key (lse = -inf) get p = 0, even in full tiles.
@@ -293,6 +294,6 @@ def attn_bwd_dq(
                        PRECISION, PRESCALE, False, MASK_FN, MASK_TAKES_LEN, ARGS)
 
     dq = dq * sm_scale
-    dq_base = DQ + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH
+    dq_base = DQ + q_head
     tl.store(dq_base + offs_m[:, None] * SQT + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=(offs_m[:, None] < Q_LEN) & d_ok[None, :])

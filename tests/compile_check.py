@@ -42,6 +42,15 @@ def compile_sm90(kernel, args, out_dtypes, constexprs, num_warps=4, num_stages=2
                           options={"num_warps": num_warps, "num_stages": num_stages})
 
 
+def compile_launch(launch):
+    """Compiles one launch recorded by :func:`record_launches` with its
+    configuration's warps and stages."""
+    kernel, args, out_dtypes, constexprs, config = launch
+    out_types = [_type_of(np.empty(0, d))[1:] for d in out_dtypes]
+    return compile_sm90(kernel, args, out_types, constexprs, num_warps=config.num_warps,
+                        num_stages=config.num_stages)
+
+
 def record_launches(fn, *args):
     """Traces ``fn(*args)`` and returns the kernel launches it makes."""
     import jax

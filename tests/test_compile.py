@@ -82,11 +82,9 @@ def _check_compiles(mask, dtype, head_dim, heads, kv_heads, layout, precision, c
     jax.clear_caches()  # record_launches sees only launches traced anew
     launches = compile_check.record_launches(jax.grad(loss, argnums=(0, 1, 2)), q, kv, kv, lengths)
     assert {kernel.fn.__name__ for kernel, *_ in launches} == KERNELS
-    for kernel, args, out_dtypes, constexprs, kernel_config in launches:
-        out_types = [compile_check._type_of(np.empty(0, d))[1:] for d in out_dtypes]
-        compiled = compile_check.compile_sm90(kernel, args, out_types, constexprs,
-                                              num_warps=kernel_config.num_warps,
-                                              num_stages=kernel_config.num_stages)
+    for launch in launches:
+        kernel, kernel_config = launch[0], launch[4]
+        compiled = compile_check.compile_launch(launch)
         name = kernel.fn.__name__
         assert compiled.metadata.num_warps == kernel_config.num_warps, name
         assert 0 < compiled.metadata.shared <= H100_MAX_SHARED, (name, compiled.metadata.shared, kernel_config)
@@ -133,8 +131,5 @@ def test_dkdv_autotune_candidates_compile_for_sm90(block_d, kernel_config):
     launches = [launch for launch in compile_check.record_launches(jax.grad(loss, argnums=(0, 1, 2)), q, q, q)
                 if launch[0].fn.__name__ == "attn_bwd_dkdv"]
     assert len(launches) == 1
-    kernel, args, out_dtypes, constexprs, _ = launches[0]
-    out_types = [compile_check._type_of(np.empty(0, d))[1:] for d in out_dtypes]
-    compiled = compile_check.compile_sm90(kernel, args, out_types, constexprs, num_warps=kernel_config.num_warps,
-                                          num_stages=kernel_config.num_stages)
+    compiled = compile_check.compile_launch(launches[0])
     assert 0 < compiled.metadata.shared <= H100_MAX_SHARED, (compiled.metadata.shared, kernel_config)
