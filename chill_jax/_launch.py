@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import threading
+import types
 from typing import Any, Sequence
 
 import jax
@@ -36,7 +38,79 @@ def _jax_triton():
             os.environ.pop("TRITON_CACHE_DIR", None)
         else:
             os.environ["TRITON_CACHE_DIR"] = saved
+    _pass_compile_metadata(jax_triton)
     return jax_triton
+
+
+_COMPILE = threading.local()
+_PATCHED: list[bool] = []
+
+
+def _pass_compile_metadata(jax_triton) -> None:
+    """Makes jax-triton launch kernels with the warps and global scratch
+    buffer their compilation asks for.
+
+    jax-triton 0.3.1 launches with the requested ``num_warps`` and no global
+    scratch, while a warp-specialized kernel has more warps than requested
+    (Triton adds producer warps) and a kernel that makes tensor descriptors
+    needs a scratch buffer to build them in. jaxlib 0.11 takes both
+    (``TritonKernel(..., global_scratch_size=, global_scratch_align=)``).
+    This records each compilation's metadata (``make_llir`` sets it) and
+    hands it to the ``TritonKernel`` that jax-triton makes right after, in
+    the same thread; kernels that need neither are launched as before.
+    Nothing is changed where jaxlib lacks the parameters or jax-triton's
+    internals differ, and then :func:`can_warp_specialize` is False.
+    """
+    try:
+        from jax_triton import triton_lib  # noqa: PLC0415
+        from triton.backends.nvidia.compiler import CUDABackend  # noqa: PLC0415
+        real = triton_lib.triton_kernel_call_lib
+        if "global_scratch_size" not in (real.TritonKernel.__init__.__doc__ or ""):
+            return
+        if not callable(getattr(triton_lib, "get_or_create_triton_kernel", None)):
+            return
+    except (ImportError, AttributeError):
+        return
+    if _PATCHED:
+        return
+    make_llir = CUDABackend.make_llir
+
+    def recording_make_llir(self, src, metadata, options, capability):
+        out = make_llir(self, src, metadata, options, capability)
+        _COMPILE.metadata = metadata  # make_ptx adds the name later
+        return out
+
+    def kernel_with_metadata(name, num_warps, num_ctas, shared_mem_bytes, binary, ttir, capability):
+        meta = getattr(_COMPILE, "metadata", None) or {}
+        _COMPILE.metadata = None
+        if meta.get("name") != name:
+            return real.TritonKernel(name, num_warps, num_ctas, shared_mem_bytes, binary, ttir, capability)
+        return real.TritonKernel(name, meta.get("num_warps", num_warps), num_ctas, shared_mem_bytes, binary,
+                                 ttir, capability, global_scratch_size=meta.get("global_scratch_size") or 0,
+                                 global_scratch_align=meta.get("global_scratch_align") or 1)
+
+    proxy = types.SimpleNamespace(**{k: getattr(real, k) for k in dir(real) if not k.startswith("__")})
+    proxy.TritonKernel = kernel_with_metadata
+    CUDABackend.make_llir = recording_make_llir
+    triton_lib.triton_kernel_call_lib = proxy
+    _PATCHED.append(True)
+
+
+@functools.lru_cache(maxsize=None)
+def can_warp_specialize(implementation: str) -> bool:
+    """Whether ``implementation`` runs warp-specialized tensor-descriptor
+    kernels: ``"triton"`` on a GPU of compute capability 9.0 or newer, with a
+    jaxlib that launches them (see :func:`_pass_compile_metadata`)."""
+    if implementation != "triton" or not cuda_available():
+        return False
+    try:
+        _jax_triton()
+    except RuntimeError:
+        return False
+    if not _PATCHED:
+        return False
+    major = str(getattr(jax.devices("gpu")[0], "compute_capability", "") or "").partition(".")[0]
+    return major.isdigit() and int(major) >= 9
 
 
 @functools.lru_cache(maxsize=None)

@@ -14,7 +14,7 @@ import triton
 
 from chill_jax import _autotune, _launch, _sharding, _xla
 from chill_jax.configs import AttentionConfig
-from chill_jax.kernels import attn_bwd_dkdv, attn_bwd_dq, attn_fwd
+from chill_jax.kernels import attn_bwd_dkdv, attn_bwd_dq, attn_fwd, attn_fwd_ws
 from chill_jax.kernels import MAX_MASK_ARRAYS
 from chill_jax.masks import ChillMask, FullChillMask, batched_arrays, split_arrays
 
@@ -36,6 +36,7 @@ class _Static:
     config: AttentionConfig
     precision: str
     prescale_qk: bool = False
+    full_kv_lengths: bool = False  # no key lengths given: every one is the key sequence length
 
     def forward(self, q, k, v, q_lens, kv_lens, *arrays):
         return _forward(self, q, k, v, q_lens, kv_lens, arrays)
@@ -89,15 +90,40 @@ def _forward(static: _Static, q, k, v, q_lens, kv_lens, arrays=()):
     geo = _geometry(static, q, k, v)
     b, t, n = q.shape[0], geo["Q_LEN"], geo["NUM_HEADS"]
     cfg = static.config.fwd
+    warp_specialize = _warp_specialize(static, cfg, geo, q, arrays)
+    if cfg.warp_specialize and not warp_specialize:
+        # attn_fwd spills at the wide key tiles that warp specialization
+        # likes (128x128 with 4 warps at D=128); it gets 64 keys instead.
+        cfg = dataclasses.replace(cfg, block_n=min(cfg.block_n, 64), warp_specialize=False)
     spec = static.mask.spec(cfg.block_m, cfg.block_n, geo["KV_LEN"]).with_arrays(arrays)
+    constexprs = dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=_split_full(spec),
+                      **spec.constexprs())
+    kernel = attn_fwd
+    if warp_specialize:
+        kernel = attn_fwd_ws
+        constexprs["UNMASKED"] = static.full_kv_lengths and isinstance(static.mask, FullChillMask)
     out, lse = _launch.launch(
-        attn_fwd, grid=(triton.cdiv(t, cfg.block_m), b * n),
+        kernel, grid=(triton.cdiv(t, cfg.block_m), b * n),
         args=[q, k, v, q_lens, kv_lens, *_mask_operands(arrays), static.sm_scale],
         out_shapes=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, n, t), jnp.float32)],
-        constexprs=dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=_split_full(spec),
-                        **spec.constexprs()),
-        config=cfg, implementation=static.implementation)
+        constexprs=constexprs, config=cfg, implementation=static.implementation)
     return out, lse
+
+
+def _warp_specialize(static: _Static, cfg, geo: dict[str, Any], q, arrays) -> bool:
+    """Whether the forward runs ``attn_fwd_ws`` (tensor descriptors, one
+    warp-specialized loop): asked for by the configuration, launchable by the
+    implementation (the interpreter runs it without warp specialization),
+    and within the kernel's conditions: 16-bit inputs, a power-of-two head
+    dim, whole key tiles, every key length the sequence length
+    (key tiles read past a length would take other rows, which may hold
+    anything), and a mask without arrays."""
+    if not cfg.warp_specialize or arrays or not static.full_kv_lengths:
+        return False
+    if static.implementation == "triton" and not _launch.can_warp_specialize("triton"):
+        return False
+    return (q.dtype.itemsize == 2 and geo["HEAD_DIM"] == geo["BLOCK_D"]
+            and geo["KV_LEN"] % cfg.block_n == 0)
 
 
 def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens, arrays=()):
@@ -299,6 +325,7 @@ def attention(query, key, value, mask: ChillMask | None = None, *, lengths=None,
                                           sm_scale=float(sm_scale), precision=prec, prescale_qk=prescale_qk,
                                           autotune=autotune)
     static = _Static(mask=skeleton, sm_scale=float(sm_scale), layout=layout, implementation=impl,
-                     config=config, precision=prec, prescale_qk=prescale_qk)
+                     config=config, precision=prec, prescale_qk=prescale_qk,
+                     full_kv_lengths=lengths is None and kv_lengths is None)
     out, lse = _sharding.attention_op(static, query, key, value, q_lens, kv_lens, *batched_arrays(mask_arrays, b))
     return (out, lse) if return_lse else out

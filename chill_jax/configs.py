@@ -34,6 +34,7 @@ BLOCK_DS = (16, 32, 64, 128, 256)
 WILDCARD = "*"
 FALLBACK_TABLE = "default"
 _KERNEL_FIELDS = ("block_m", "block_n", "num_warps", "num_stages")
+_OPTIONAL_KERNEL_FIELDS = ("warp_specialize",)
 _ENTRY_FIELDS = ("block_d", "dtype", "mask", *PASSES)
 
 
@@ -46,12 +47,24 @@ class KernelConfig:
       block_n: key tile size (a power of two, >= 16).
       num_warps: warps per program (GPU only).
       num_stages: software-pipelining depth (GPU only).
+      warp_specialize: forward only: run ``attn_fwd_ws``, which reads Q, K
+        and V through tensor descriptors (TMA) in one warp-specialized key
+        loop, where Triton adds producer warps to the ``num_warps`` that
+        compute. Needs ``num_stages == 2`` (Triton 3.6's warp-specialized
+        Hopper builds gave NaNs at 3 stages, measured on an H200). Taken
+        when the call allows it: 16-bit inputs, no key lengths, a mask
+        without arrays, a power-of-two head dim, whole key tiles, and on CUDA GPUs of compute
+        capability 9.0 or newer a binding that can launch such kernels
+        (``_launch.can_warp_specialize``). Otherwise the forward runs
+        ``attn_fwd``. The interpreter runs ``attn_fwd_ws`` too (without warp
+        specialization), so the CPU tests check it.
     """
 
     block_m: int = 64
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
+    warp_specialize: bool = False
 
     def __post_init__(self):
         for name in ("block_m", "block_n"):
@@ -62,10 +75,19 @@ class KernelConfig:
             raise ValueError(f"KernelConfig.num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps!r}")
         if not isinstance(self.num_stages, int) or self.num_stages < 1:
             raise ValueError(f"KernelConfig.num_stages must be a positive int, got {self.num_stages!r}")
+        if not isinstance(self.warp_specialize, bool):
+            raise ValueError(f"KernelConfig.warp_specialize must be a bool, got {self.warp_specialize!r}")
+        if self.warp_specialize and self.num_stages != 2:
+            raise ValueError("KernelConfig.warp_specialize needs num_stages == 2 (Triton's warp-specialized "
+                             f"Hopper pipeline races at 3 stages), got num_stages={self.num_stages}")
 
-    def to_dict(self) -> dict[str, int]:
-        """The configuration as the JSON object of the tuned tables."""
-        return {name: getattr(self, name) for name in _KERNEL_FIELDS}
+    def to_dict(self) -> dict[str, int | bool]:
+        """The configuration as the JSON object of the tuned tables
+        (``warp_specialize`` only when set)."""
+        data: dict[str, int | bool] = {name: getattr(self, name) for name in _KERNEL_FIELDS}
+        if self.warp_specialize:
+            data["warp_specialize"] = True
+        return data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,14 +126,19 @@ def kernel_config_from_dict(data: Any, where: str) -> KernelConfig:
         raise ValueError(f"{where}: expected an object with keys {list(_KERNEL_FIELDS)}, "
                          f"got {type(data).__name__}")
     missing = [k for k in _KERNEL_FIELDS if k not in data]
-    unknown = sorted(set(data) - set(_KERNEL_FIELDS))
+    unknown = sorted(set(data) - set(_KERNEL_FIELDS) - set(_OPTIONAL_KERNEL_FIELDS))
     if missing or unknown:
-        raise ValueError(f"{where}: expected keys {list(_KERNEL_FIELDS)}, missing {missing}, unknown {unknown}")
+        raise ValueError(f"{where}: expected keys {list(_KERNEL_FIELDS)} (optional "
+                         f"{list(_OPTIONAL_KERNEL_FIELDS)}), missing {missing}, unknown {unknown}")
     for name in _KERNEL_FIELDS:
         if isinstance(data[name], bool) or not isinstance(data[name], int):
             raise ValueError(f"{where}.{name}: expected an int, got {data[name]!r}")
+    for name in _OPTIONAL_KERNEL_FIELDS:
+        if name in data and not isinstance(data[name], bool):
+            raise ValueError(f"{where}.{name}: expected true or false, got {data[name]!r}")
     try:
-        return KernelConfig(**{name: data[name] for name in _KERNEL_FIELDS})
+        return KernelConfig(**{name: data[name] for name in (*_KERNEL_FIELDS, *_OPTIONAL_KERNEL_FIELDS)
+                               if name in data})
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
 
@@ -363,7 +390,7 @@ def default_config(implementation: str, block_d: int, itemsize: int, mask: Any =
     raise AssertionError("unreachable: the fallback table covers every (block_d, dtype)")
 
 
-def _kernel_configs(*rows: tuple[int, int, int, int]) -> tuple[KernelConfig, ...]:
+def _kernel_configs(*rows: tuple) -> tuple[KernelConfig, ...]:
     return tuple(KernelConfig(*row) for row in rows)
 
 
@@ -388,13 +415,16 @@ _SMALL_D = dict(
 # without spills on sm_90 and leave room for two programs per SM (at most
 # 99 KB of shared memory at D=128); the D=128 dQ tile 128x64/8w/3s
 # (FlexAttention's, 160 KB, one program per SM) won at full and causal.
+# The warp-specialized D=128 forward (128x128/4w/2s; Triton builds it with 12
+# warps) ran S2 full attention in 4.03 ms against 4.61 (H200, NOTES, sixth
+# session); where a call cannot take it, it runs attn_fwd with 64 keys.
 AUTOTUNE_CANDIDATES: dict[int, dict[str, tuple[KernelConfig, ...]]] = {
     16: _SMALL_D,
     32: _SMALL_D,
     64: _SMALL_D,
     128: dict(
         fwd=_kernel_configs((128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3),
-                            (64, 128, 4, 2), (128, 64, 8, 2), (128, 64, 4, 2)),
+                            (64, 128, 4, 2), (128, 64, 8, 2), (128, 64, 4, 2), (128, 128, 4, 2, True)),
         bwd_dkdv=_kernel_configs((64, 64, 4, 2), (64, 128, 8, 2), (32, 128, 8, 2), (64, 64, 8, 2), (32, 64, 4, 2),
                                  (64, 32, 4, 2), (32, 64, 8, 2), (32, 64, 4, 3), (32, 64, 4, 4), (32, 128, 8, 3)),
         bwd_dq=_kernel_configs((64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 2), (64, 128, 8, 2), (64, 32, 4, 2),

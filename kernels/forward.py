@@ -4,7 +4,8 @@
 import triton
 import triton.language as tl
 
-from .tiles import live_key_tiles, load_tile, mask_args, mask_tile
+from .tiles import (live_key_tiles, load_tile, mask_args, mask_tile,
+                    tile_loop_bounds)
 
 
 @triton.jit
@@ -152,4 +153,136 @@ def attn_fwd(
     o_base = Out + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH
     tl.store(o_base + offs_m[:, None] * SQT + offs_d[None, :], out.to(Out.dtype.element_ty),
              mask=(offs_m[:, None] < Q_LEN) & d_ok[None, :])
+    tl.store(Lse + pid_bh.to(tl.int64) * Q_LEN + offs_m, lse, mask=offs_m < Q_LEN)
+
+
+@triton.jit
+def _seq_descriptor(X, b, h, batch, HEADS: tl.constexpr, LEN: tl.constexpr, ST: tl.constexpr,
+                    SH: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+    """A two-dimensional descriptor over all of ``X`` (``[B, LEN, HEADS,
+    HEAD_DIM]`` when ``SH < ST``, else ``[B, HEADS, LEN, HEAD_DIM]``,
+    contiguous) with ``[BLOCK, HEAD_DIM]`` blocks, and the row and column
+    where (batch ``b``, head ``h``) starts. One descriptor for the whole
+    array, not one per (batch, head): with per-slice descriptors and a mask
+    in the loop, Triton 3.6's warp-specialized build gave wrong results
+    (H200). Rows past ``LEN`` belong to the next slice (or are zeros past
+    the array's end).
+
+    Returns:
+      ``(descriptor, row, column)``.
+    """
+    if SH < ST:
+        desc = tl.make_tensor_descriptor(X, [batch * LEN, HEADS * HEAD_DIM], [ST, 1], [BLOCK, HEAD_DIM])
+        row = b * LEN
+        col = h * HEAD_DIM
+    else:
+        desc = tl.make_tensor_descriptor(X, [batch * HEADS * LEN, HEAD_DIM], [ST, 1], [BLOCK, HEAD_DIM])
+        row = (b * HEADS + h) * LEN
+        col = 0 * h
+    return desc, row, col
+
+
+@triton.jit
+def attn_fwd_ws(
+    Q, K, V, QLens, KVLens, M0, M1, M2, M3, sm_scale,
+    Out, Lse,
+    SQB: tl.constexpr, SQT: tl.constexpr, SQH: tl.constexpr,
+    SKB: tl.constexpr, SKT: tl.constexpr, SKH: tl.constexpr,
+    SVB: tl.constexpr, SVT: tl.constexpr, SVH: tl.constexpr,
+    NUM_HEADS: tl.constexpr, GROUP: tl.constexpr,
+    Q_LEN: tl.constexpr, KV_LEN: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr, PRESCALE: tl.constexpr,
+    MASK_FN: tl.constexpr, MASK_TAKES_LEN: tl.constexpr,
+    K_RANGE_FN: tl.constexpr, K_CONTINUOUS: tl.constexpr,
+    FULL_FN: tl.constexpr, SPLIT_FULL: tl.constexpr, PACK: tl.constexpr,
+    A0: tl.constexpr, A1: tl.constexpr, A2: tl.constexpr, A3: tl.constexpr,
+    A4: tl.constexpr, A5: tl.constexpr, A6: tl.constexpr, A7: tl.constexpr,
+    A8: tl.constexpr, A9: tl.constexpr, A10: tl.constexpr, A11: tl.constexpr,
+    A12: tl.constexpr, A13: tl.constexpr, A14: tl.constexpr, A15: tl.constexpr,
+    PACK_ARRAYS: tl.constexpr,
+    MS0: tl.constexpr, MS1: tl.constexpr, MS2: tl.constexpr, MS3: tl.constexpr,
+    UNMASKED: tl.constexpr,
+):
+    """``attn_fwd`` with Q, K and V read through tensor descriptors (TMA) in
+    one warp-specialized key loop: Triton adds producer warps that issue the
+    copies while the program's warps compute (Hopper or newer).
+
+    Same arguments, outputs and grid as ``attn_fwd``, with these conditions
+    (the binding checks them): contiguous ``[B, T, N, D]`` or ``[B, N, T, D]``
+    arrays, ``HEAD_DIM == BLOCK_D`` with rows a multiple of 16 bytes,
+    ``KV_LEN % BLOCK_N == 0`` and every key length equal to ``KV_LEN``
+    (key tiles past a length would read other rows: see
+    ``_seq_descriptor``), and a mask without arrays. Triton 3.6 warp-specializes a loop only when no
+    other loop with tile products, no data-dependent ``while`` and no branch
+    inside it, so there is one loop over the mask's range hull, and every
+    tile in it evaluates the mask (no full-tile run as in ``attn_fwd``).
+    """
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // NUM_HEADS
+    h = pid_bh % NUM_HEADS
+    kvh = h // GROUP
+    q_len = tl.minimum(tl.maximum(tl.load(QLens + b), 0), Q_LEN)
+    kv_len = tl.minimum(tl.maximum(tl.load(KVLens + b), 0), KV_LEN)
+    ARGS = mask_args(b, PACK, A0, A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12, A13,
+                     A14, A15, PACK_ARRAYS, M0, M1, M2, M3, MS0, MS1, MS2, MS3)
+
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    batch = tl.num_programs(1) // NUM_HEADS
+    q_desc, q_row, q_col = _seq_descriptor(Q, b, h, batch, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM, BLOCK_M)
+    k_desc, k_row, k_col = _seq_descriptor(K, b, kvh, batch, NUM_HEADS // GROUP, KV_LEN, SKT, SKH,
+                                           HEAD_DIM, BLOCK_N)
+    v_desc, v_row, v_col = _seq_descriptor(V, b, kvh, batch, NUM_HEADS // GROUP, KV_LEN, SVT, SVH,
+                                           HEAD_DIM, BLOCK_N)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    qk_scale = sm_scale * 1.4426950408889634
+    # Rows at or past the query length hold the input's data there; their
+    # results are discarded (row_ok below).
+    q = q_desc.load([q_row + start_m, q_col])
+    if PRESCALE:
+        q = (q * qk_scale).to(q.dtype)
+        logit_scale = 1.0
+    else:
+        logit_scale = qk_scale
+    live = start_m < q_len
+    tile = tl.where(live, start_m, 0)
+    count = tl.minimum(tl.where(live, q_len, 1) - tile, BLOCK_M)
+    first, end = tile_loop_bounds(tile, count, kv_len, K_RANGE_FN, K_CONTINUOUS, BLOCK_M, ARGS, BLOCK_N)
+    end = tl.where(live, end, first)
+    for start_n in tl.range(first, end, BLOCK_N, warp_specialize=True):
+        k = k_desc.load([k_row + start_n, k_col])
+        qk = tl.dot(q, k.T, input_precision=PRECISION)
+        if UNMASKED:
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * logit_scale)
+            m_use = m_new
+        else:
+            # Every tile evaluates the mask and the key length: a branch on
+            # the full-block hint here stops Triton 3.6 from warp-specializing.
+            qk = mask_tile(qk, float("-inf"), offs_m, start_n + offs_n0, kv_len, MASK_FN,
+                           MASK_TAKES_LEN, False, ARGS)
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * logit_scale)
+            # A row with no allowed key so far keeps m = -inf; shift it by 0.
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.math.exp2(m_i - m_use)
+        p = tl.math.exp2(qk * logit_scale - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = v_desc.load([v_row + start_n, v_col])
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+
+    row_ok = (offs_m < q_len) & (l_i > 0.0)
+    out = acc / tl.where(row_ok, l_i, 1.0)[:, None]
+    out = tl.where(row_ok[:, None], out, 0.0)
+    lse = tl.where(row_ok, (m_i + tl.math.log2(tl.where(row_ok, l_i, 1.0))) * 0.6931471805599453,
+                   float("-inf"))
+    o_base = Out + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH
+    tl.store(o_base + offs_m[:, None] * SQT + offs_d[None, :], out.to(Out.dtype.element_ty),
+             mask=(offs_m[:, None] < Q_LEN) & (offs_d < HEAD_DIM)[None, :])
     tl.store(Lse + pid_bh.to(tl.int64) * Q_LEN + offs_m, lse, mask=offs_m < Q_LEN)

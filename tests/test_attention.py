@@ -554,3 +554,27 @@ def test_full_tile_runs(kernel_implementation, rng, dtype, mask, expected):
     dout, dlse = _cotangents(rng, q, 2, 150)
     result = attention_and_grads(q, k, v, mask, dout=dout, dlse=dlse, **kwargs)
     check_against_reference(result, q, k, v, mask, dout=dout, dlse=dlse, **kwargs)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=dtype_name)
+@pytest.mark.parametrize("mask", BUILTIN_MASKS, ids=repr)
+def test_warp_specialized_forward(implementation, rng, mask, dtype, layout):
+    """The forward of ``KernelConfig(warp_specialize=True)`` (``attn_fwd_ws``:
+    tensor descriptors, one key loop that evaluates the mask on every tile,
+    or none for full attention): GQA, cross-attention, random query lengths
+    and a query tile past the sequence; the backward is the usual one."""
+    b, t, s, n = 2, 100, 128, 4
+    q, k, v = random_qkv(rng, dtype, batch=b, q_len=t, kv_len=s, heads=n, kv_heads=2, head_dim=32,
+                         layout=layout)
+    base = default_config(implementation, 32, 2, mask)
+    config = AttentionConfig(fwd=KernelConfig(32, 32, 4, 2, warp_specialize=True), bwd_dkdv=base.bwd_dkdv,
+                             bwd_dq=base.bwd_dq)
+    dout, dlse = _cotangents(rng, q, n, t)
+    kwargs = dict(q_lengths=random_lengths(rng, b, t), layout=layout, implementation=implementation)
+    launched = [launch[0].fn.__name__ for launch in compile_check.record_launches(
+        lambda q, k, v: chill_jax.attention(q, k, v, mask, config=config, **kwargs), q, k, v)]
+    if implementation == "interpret" or _launch.can_warp_specialize(implementation):
+        assert launched == ["attn_fwd_ws"]
+    result = attention_and_grads(q, k, v, mask, dout=dout, dlse=dlse, config=config, **kwargs)
+    check_against_reference(result, q, k, v, mask, dout=dout, dlse=dlse, **kwargs)

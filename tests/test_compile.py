@@ -133,3 +133,27 @@ def test_dkdv_autotune_candidates_compile_for_sm90(block_d, kernel_config):
     assert len(launches) == 1
     compiled = compile_check.compile_launch(launches[0])
     assert 0 < compiled.metadata.shared <= H100_MAX_SHARED, (compiled.metadata.shared, kernel_config)
+
+
+@pytest.mark.parametrize("layout", ["BTNH", "BNTH"])
+@pytest.mark.parametrize("mask", BUILTIN_MASKS, ids=repr)
+def test_warp_specialized_forward_is_warp_specialized_for_sm90(mask, layout):
+    """``attn_fwd_ws`` at the Hopper table's D=128 full-attention tile: Triton
+    warp-specializes its key loop (a ``ttg.warp_specialize`` region and
+    producer warps added to the requested ones) and the build fits the
+    shared memory. A Triton change that silently drops the specialization,
+    or a kernel change that stops it (a branch in the loop does), fails here."""
+    fwd = default_config("triton", 128, 2, chill_jax.FullChillMask(), generation="hopper").fwd
+    assert fwd.warp_specialize
+    config = AttentionConfig(fwd=fwd, bwd_dkdv=KernelConfig(64, 64, 4, 2), bwd_dq=KernelConfig(64, 64, 4, 2))
+    q = jax.ShapeDtypeStruct(layout_shape(layout, 2, 256, 2, 128), jnp.bfloat16)
+    jax.clear_caches()  # record_launches sees only launches traced anew
+    launches = compile_check.record_launches(
+        lambda q, k, v: chill_jax.attention(q, k, v, mask, layout=layout, config=config, implementation="interpret"),
+        q, q, q)
+    assert [launch[0].fn.__name__ for launch in launches] == ["attn_fwd_ws"]
+    compiled = compile_check.compile_launch(launches[0])
+    assert "ttg.warp_specialize" in compiled.asm["ttgir"]
+    assert compiled.metadata.num_warps > fwd.num_warps
+    assert 0 < compiled.metadata.global_scratch_size
+    assert 0 < compiled.metadata.shared <= H100_MAX_SHARED
