@@ -263,10 +263,11 @@ def attn_fwd_ws(
             m_new = tl.maximum(m_i, tl.max(qk, 1) * logit_scale)
             m_use = m_new
         else:
-            # Every tile evaluates the mask and the key length: a branch on
-            # the full-block hint here stops Triton 3.6 from warp-specializing.
+            # Every tile evaluates the mask (a branch on the full-block hint
+            # here stops Triton 3.6 from warp-specializing), not the key
+            # length: every key length is KV_LEN, a multiple of BLOCK_N.
             qk = mask_tile(qk, float("-inf"), offs_m, start_n + offs_n0, kv_len, MASK_FN,
-                           MASK_TAKES_LEN, False, ARGS)
+                           MASK_TAKES_LEN, False, ARGS, False)
             m_new = tl.maximum(m_i, tl.max(qk, 1) * logit_scale)
             # A row with no allowed key so far keeps m = -inf; shift it by 0.
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)

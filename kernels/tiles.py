@@ -291,7 +291,8 @@ def full_tile_span(fixed, first, end, limit, seq_len, FULL_FN: tl.constexpr,
 
 @triton.jit
 def mask_tile(scores, fill, offs_q, offs_k, kv_len, MASK_FN: tl.constexpr,
-              MASK_TAKES_LEN: tl.constexpr, TRANSPOSED: tl.constexpr, ARGS):
+              MASK_TAKES_LEN: tl.constexpr, TRANSPOSED: tl.constexpr, ARGS,
+              CHECK_LEN: tl.constexpr = True):
     """Replaces the entries of a tile that the mask forbids, or whose key is
     at or past ``kv_len``, by ``fill``.
 
@@ -302,6 +303,8 @@ def mask_tile(scores, fill, offs_q, offs_k, kv_len, MASK_FN: tl.constexpr,
         probabilities).
       offs_q: ``[BLOCK_Q]`` query positions; ``offs_k``: ``[BLOCK_K]`` keys.
       kv_len: the key length; the mask methods receive it as ``seq_len``.
+      CHECK_LEN: also forbid keys at or past ``kv_len`` (off where the
+        caller knows every key of the tile is below it).
 
     Returns:
       The masked tile, same shape as ``scores``.
@@ -310,7 +313,9 @@ def mask_tile(scores, fill, offs_q, offs_k, kv_len, MASK_FN: tl.constexpr,
         allowed = MASK_FN(offs_q, offs_k, kv_len, ARGS)
     else:
         allowed = MASK_FN(offs_q, offs_k, ARGS)
-    allowed = allowed.to(tl.int1) & (offs_k < kv_len)[None, :]
+    allowed = allowed.to(tl.int1)
+    if CHECK_LEN:
+        allowed = allowed & (offs_k < kv_len)[None, :]
     if TRANSPOSED:
         allowed = tl.trans(allowed)
     return tl.where(allowed, scores, fill)
