@@ -59,7 +59,10 @@ def _pass_compile_metadata(jax_triton) -> None:
     hands it to the ``TritonKernel`` that jax-triton makes right after, in
     the same thread; kernels that need neither are launched as before.
     Nothing is changed where jaxlib lacks the parameters or jax-triton's
-    internals differ, and then :func:`can_warp_specialize` is False.
+    internals differ, and then :func:`can_warp_specialize` is False. The
+    change applies to every jax-triton launch in the process once chill-jax
+    has launched on the GPU: other kernels get the warps and scratch their
+    own compilation asked for too.
     """
     try:
         from jax_triton import triton_lib  # noqa: PLC0415

@@ -53,11 +53,12 @@ class KernelConfig:
         compute. Needs ``num_stages == 2`` (Triton 3.6's warp-specialized
         Hopper builds gave NaNs at 3 stages, measured on an H200). Taken
         when the call allows it: 16-bit inputs, no key lengths, a mask
-        without arrays, a power-of-two head dim, whole key tiles, and on CUDA GPUs of compute
-        capability 9.0 or newer a binding that can launch such kernels
-        (``_launch.can_warp_specialize``). Otherwise the forward runs
-        ``attn_fwd``. The interpreter runs ``attn_fwd_ws`` too (without warp
-        specialization), so the CPU tests check it.
+        without arrays, a power-of-two head dim, whole key tiles, and on
+        CUDA GPUs of compute capability 9.0 or newer a binding that can
+        launch such kernels (``_launch.can_warp_specialize``). Otherwise the
+        forward runs ``attn_fwd`` with at most 64 keys per tile. The
+        interpreter runs ``attn_fwd_ws`` too (without warp specialization),
+        so the CPU tests check it.
     """
 
     block_m: int = 64
@@ -78,8 +79,8 @@ class KernelConfig:
         if not isinstance(self.warp_specialize, bool):
             raise ValueError(f"KernelConfig.warp_specialize must be a bool, got {self.warp_specialize!r}")
         if self.warp_specialize and self.num_stages != 2:
-            raise ValueError("KernelConfig.warp_specialize needs num_stages == 2 (Triton's warp-specialized "
-                             f"Hopper pipeline races at 3 stages), got num_stages={self.num_stages}")
+            raise ValueError("KernelConfig.warp_specialize needs num_stages == 2 (Triton 3.6's warp-specialized "
+                             f"Hopper builds gave NaNs at 3 stages), got num_stages={self.num_stages}")
 
     def to_dict(self) -> dict[str, int | bool]:
         """The configuration as the JSON object of the tuned tables

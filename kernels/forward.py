@@ -1,11 +1,11 @@
 # Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
-"""Forward flash-attention kernel with an inlined, tile-skipping mask."""
+"""Forward flash-attention kernels with an inlined, tile-skipping mask: ``attn_fwd``
+(pointer loads) and ``attn_fwd_ws`` (tensor descriptors, warp-specialized)."""
 
 import triton
 import triton.language as tl
 
-from .tiles import (live_key_tiles, load_tile, mask_args, mask_tile,
-                    tile_loop_bounds)
+from .tiles import live_key_tiles, load_tile, mask_args, mask_tile, tile_loop_bounds
 
 
 @triton.jit
@@ -209,15 +209,17 @@ def attn_fwd_ws(
     one warp-specialized key loop: Triton adds producer warps that issue the
     copies while the program's warps compute (Hopper or newer).
 
-    Same arguments, outputs and grid as ``attn_fwd``, with these conditions
-    (the binding checks them): contiguous ``[B, T, N, D]`` or ``[B, N, T, D]``
-    arrays, ``HEAD_DIM == BLOCK_D`` with rows a multiple of 16 bytes,
-    ``KV_LEN % BLOCK_N == 0`` and every key length equal to ``KV_LEN``
-    (key tiles past a length would read other rows: see
-    ``_seq_descriptor``), and a mask without arrays. Triton 3.6 warp-specializes a loop only when no
+    Same arguments, outputs and grid as ``attn_fwd``, plus ``UNMASKED``, with
+    these conditions (the binding checks them): contiguous ``[B, T, N, D]``
+    or ``[B, N, T, D]`` arrays of 16-bit elements, ``HEAD_DIM == BLOCK_D``,
+    ``KV_LEN % BLOCK_N == 0`` and every key length equal to ``KV_LEN`` (key
+    tiles past a length would read other rows: see ``_seq_descriptor``), and
+    a mask without arrays. Triton 3.6 warp-specializes a loop only when no
     other loop with tile products, no data-dependent ``while`` and no branch
     inside it, so there is one loop over the mask's range hull, and every
-    tile in it evaluates the mask (no full-tile run as in ``attn_fwd``).
+    tile in it evaluates the mask (no full-tile run as in ``attn_fwd``),
+    except with ``UNMASKED``: the mask allows every key (full attention), so
+    the loop is the plain flash-attention loop.
     """
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
