@@ -47,6 +47,11 @@ def cases():
     yield "cross_d64_t50_s190", chill_jax.CausalChillMask(), jnp.bfloat16, 2, 50, 190, 2, 2, 64, None, {}
     yield ("documents_causal_d64_t77", chill_jax.DocumentChillMask(ids) & chill_jax.CausalChillMask(),
            jnp.bfloat16, 2, 77, 77, 2, 2, 64, [77, 60], {})
+    # The Hopper table's D=128 full and causal forwards are warp-specialized
+    # (attn_fwd_ws) when no key lengths are given and the keys fill whole
+    # 128-key tiles; query lengths are allowed.
+    yield "ws_full_d128_t256", chill_jax.FullChillMask(), jnp.bfloat16, 1, 256, 256, 2, 1, 128, None, {}
+    yield "ws_causal_d128_t384", chill_jax.CausalChillMask(), jnp.bfloat16, 2, 300, 384, 2, 2, 128, [300, 129], {}
     # prescale_qk with float16 once gave nondeterministic dK (a scaled query
     # copy inside the dK/dV loop; see benchmarks/NOTES.md). The scaled query
     # is rounded to float16, so lse gets float16's tolerance.
