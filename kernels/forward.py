@@ -5,7 +5,7 @@
 import triton
 import triton.language as tl
 
-from .tiles import live_key_tiles, load_tile, mask_args, mask_tile, tile_loop_bounds
+from .tiles import live_key_tiles, load_tile, mask_args, mask_tile
 
 
 @triton.jit
@@ -56,6 +56,23 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, lo, hi, skip_lo, skip_hi, offs_
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     return acc, l_i, m_i
+
+
+@triton.jit
+def _store_out_lse(acc, l_i, m_i, offs_m, offs_d, q_len, Out, Lse, b, h, pid_bh, SQB: tl.constexpr,
+                   SQT: tl.constexpr, SQH: tl.constexpr, Q_LEN: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Normalizes one query tile's accumulator and stores it into Out and its
+    natural-log LSE into Lse (the forward kernels' outputs); rows with no
+    allowed key or at/after ``q_len`` get 0 and ``-inf``."""
+    row_ok = (offs_m < q_len) & (l_i > 0.0)
+    out = acc / tl.where(row_ok, l_i, 1.0)[:, None]
+    out = tl.where(row_ok[:, None], out, 0.0)
+    lse = tl.where(row_ok, (m_i + tl.math.log2(tl.where(row_ok, l_i, 1.0))) * 0.6931471805599453,
+                   float("-inf"))
+    o_base = Out + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH
+    tl.store(o_base + offs_m[:, None] * SQT + offs_d[None, :], out.to(Out.dtype.element_ty),
+             mask=(offs_m[:, None] < Q_LEN) & (offs_d < HEAD_DIM)[None, :])
+    tl.store(Lse + pid_bh.to(tl.int64) * Q_LEN + offs_m, lse, mask=offs_m < Q_LEN)
 
 
 @triton.jit
@@ -145,15 +162,8 @@ def attn_fwd(
                                    full_hi, offs_m, kv_len, logit_scale, SKT, SVT, HEAD_DIM,
                                    BLOCK_D, BLOCK_N, PRECISION, False, MASK_FN, MASK_TAKES_LEN, ARGS)
 
-    row_ok = (offs_m < q_len) & (l_i > 0.0)
-    out = acc / tl.where(row_ok, l_i, 1.0)[:, None]
-    out = tl.where(row_ok[:, None], out, 0.0)
-    lse = tl.where(row_ok, (m_i + tl.math.log2(tl.where(row_ok, l_i, 1.0))) * 0.6931471805599453,
-                   float("-inf"))
-    o_base = Out + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH
-    tl.store(o_base + offs_m[:, None] * SQT + offs_d[None, :], out.to(Out.dtype.element_ty),
-             mask=(offs_m[:, None] < Q_LEN) & d_ok[None, :])
-    tl.store(Lse + pid_bh.to(tl.int64) * Q_LEN + offs_m, lse, mask=offs_m < Q_LEN)
+    _store_out_lse(acc, l_i, m_i, offs_m, offs_d, q_len, Out, Lse, b, h, pid_bh, SQB, SQT, SQH, Q_LEN,
+                   HEAD_DIM)
 
 
 @triton.jit
@@ -253,11 +263,9 @@ def attn_fwd_ws(
         logit_scale = 1.0
     else:
         logit_scale = qk_scale
-    live = start_m < q_len
-    tile = tl.where(live, start_m, 0)
-    count = tl.minimum(tl.where(live, q_len, 1) - tile, BLOCK_M)
-    first, end = tile_loop_bounds(tile, count, kv_len, K_RANGE_FN, K_CONTINUOUS, BLOCK_M, ARGS, BLOCK_N)
-    end = tl.where(live, end, first)
+    # The mask's range hull only (SPLIT_FULL off: no full-tile run).
+    first, end, _, _ = live_key_tiles(start_m < q_len, start_m, q_len, kv_len, K_RANGE_FN, K_CONTINUOUS,
+                                      FULL_FN, False, BLOCK_M, BLOCK_N, ARGS)
     for start_n in tl.range(first, end, BLOCK_N, warp_specialize=True):
         k = k_desc.load([k_row + start_n, k_col])
         qk = tl.dot(q, k.T, input_precision=PRECISION)
@@ -280,12 +288,5 @@ def attn_fwd_ws(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
 
-    row_ok = (offs_m < q_len) & (l_i > 0.0)
-    out = acc / tl.where(row_ok, l_i, 1.0)[:, None]
-    out = tl.where(row_ok[:, None], out, 0.0)
-    lse = tl.where(row_ok, (m_i + tl.math.log2(tl.where(row_ok, l_i, 1.0))) * 0.6931471805599453,
-                   float("-inf"))
-    o_base = Out + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH
-    tl.store(o_base + offs_m[:, None] * SQT + offs_d[None, :], out.to(Out.dtype.element_ty),
-             mask=(offs_m[:, None] < Q_LEN) & (offs_d < HEAD_DIM)[None, :])
-    tl.store(Lse + pid_bh.to(tl.int64) * Q_LEN + offs_m, lse, mask=offs_m < Q_LEN)
+    _store_out_lse(acc, l_i, m_i, offs_m, offs_d, q_len, Out, Lse, b, h, pid_bh, SQB, SQT, SQH, Q_LEN,
+                   HEAD_DIM)
