@@ -14,7 +14,7 @@ import triton
 
 from chill_jax import _autotune, _launch, _sharding, _xla
 from chill_jax.configs import AttentionConfig
-from chill_jax.kernels import attn_bwd_dkdv, attn_bwd_dq, attn_fwd, attn_fwd_ws
+from chill_jax.kernels import attn_bwd_dkdv, attn_bwd_dkdv_ws, attn_bwd_dq, attn_fwd, attn_fwd_ws
 from chill_jax.kernels import MAX_MASK_ARRAYS
 from chill_jax.masks import ChillMask, FullChillMask, batched_arrays, split_arrays
 
@@ -37,6 +37,7 @@ class _Static:
     precision: str
     prescale_qk: bool = False
     full_kv_lengths: bool = False  # no key lengths given: every one is the key sequence length
+    full_q_lengths: bool = False  # likewise for the queries
 
     def forward(self, q, k, v, q_lens, kv_lens, *arrays):
         return _forward(self, q, k, v, q_lens, kv_lens, arrays)
@@ -144,14 +145,22 @@ def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens, a
                         **spec.constexprs()),
         config=cfg, implementation=static.implementation)
     cfg = static.config.bwd_dkdv
+    warp_specialize = (static.full_q_lengths and not static.prescale_qk and geo["Q_LEN"] % cfg.block_m == 0
+                       and _warp_specialize(static, cfg, geo, q, arrays))
+    if cfg.warp_specialize and not warp_specialize:
+        cfg = dataclasses.replace(cfg, warp_specialize=False)
     spec = static.mask.spec(cfg.block_m, cfg.block_n, s).with_arrays(arrays)
+    constexprs = dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=_split_full(spec),
+                      **spec.constexprs(backward_q_ranges=True))
+    kernel = attn_bwd_dkdv
+    if warp_specialize:
+        kernel = attn_bwd_dkdv_ws
+        constexprs["UNMASKED"] = isinstance(static.mask, FullChillMask)
     dk, dv = _launch.launch(
-        attn_bwd_dkdv, grid=(triton.cdiv(s, cfg.block_n), b * kv_heads),
+        kernel, grid=(triton.cdiv(s, cfg.block_n), b * kv_heads),
         args=[q, k, v, dout, lse, delta, q_lens, kv_lens, *mask_operands, static.sm_scale],
         out_shapes=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-        constexprs=dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=_split_full(spec),
-                        **spec.constexprs(backward_q_ranges=True)),
-        config=cfg, implementation=static.implementation)
+        constexprs=constexprs, config=cfg, implementation=static.implementation)
     return dq, dk, dv
 
 
@@ -326,6 +335,7 @@ def attention(query, key, value, mask: ChillMask | None = None, *, lengths=None,
                                           autotune=autotune)
     static = _Static(mask=skeleton, sm_scale=float(sm_scale), layout=layout, implementation=impl,
                      config=config, precision=prec, prescale_qk=prescale_qk,
-                     full_kv_lengths=lengths is None and kv_lengths is None)
+                     full_kv_lengths=lengths is None and kv_lengths is None,
+                     full_q_lengths=lengths is None and q_lengths is None)
     out, lse = _sharding.attention_op(static, query, key, value, q_lens, kv_lens, *batched_arrays(mask_arrays, b))
     return (out, lse) if return_lse else out

@@ -297,3 +297,122 @@ def attn_bwd_dq(
     dq_base = DQ + q_head
     tl.store(dq_base + offs_m[:, None] * SQT + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=(offs_m[:, None] < Q_LEN) & d_ok[None, :])
+
+
+@triton.jit
+def _seq_desc(X, batch, HEADS: tl.constexpr, LEN: tl.constexpr, ST: tl.constexpr, SH: tl.constexpr,
+              HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+    """Whole-array two-dimensional descriptor of a contiguous ``[B, LEN,
+    HEADS, HEAD_DIM]`` (``SH < ST``) or ``[B, HEADS, LEN, HEAD_DIM]`` array
+    with ``[BLOCK, HEAD_DIM]`` blocks (see ``forward._seq_descriptor``)."""
+    if SH < ST:
+        desc = tl.make_tensor_descriptor(X, [batch * LEN, HEADS * HEAD_DIM], [ST, 1], [BLOCK, HEAD_DIM])
+    else:
+        desc = tl.make_tensor_descriptor(X, [batch * HEADS * LEN, HEAD_DIM], [ST, 1], [BLOCK, HEAD_DIM])
+    return desc
+
+
+@triton.jit
+def _seq_origin(b, h, HEADS: tl.constexpr, LEN: tl.constexpr, ST: tl.constexpr, SH: tl.constexpr,
+                HEAD_DIM: tl.constexpr):
+    """Row and column of ``_seq_desc`` where (batch ``b``, head ``h``) starts."""
+    if SH < ST:
+        row = b * LEN
+        col = h * HEAD_DIM
+    else:
+        row = (b * HEADS + h) * LEN
+        col = 0 * h
+    return row, col
+
+
+@triton.jit
+def attn_bwd_dkdv_ws(
+    Q, K, V, DOut, Lse, Delta, QLens, KVLens, M0, M1, M2, M3, sm_scale,
+    DK, DV,
+    SQB: tl.constexpr, SQT: tl.constexpr, SQH: tl.constexpr,
+    SKB: tl.constexpr, SKT: tl.constexpr, SKH: tl.constexpr,
+    SVB: tl.constexpr, SVT: tl.constexpr, SVH: tl.constexpr,
+    NUM_HEADS: tl.constexpr, GROUP: tl.constexpr,
+    Q_LEN: tl.constexpr, KV_LEN: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr, PRESCALE: tl.constexpr,
+    MASK_FN: tl.constexpr, MASK_TAKES_LEN: tl.constexpr,
+    Q_RANGE_FN: tl.constexpr, Q_CONTINUOUS: tl.constexpr,
+    FULL_FN: tl.constexpr, SPLIT_FULL: tl.constexpr, PACK: tl.constexpr,
+    A0: tl.constexpr, A1: tl.constexpr, A2: tl.constexpr, A3: tl.constexpr,
+    A4: tl.constexpr, A5: tl.constexpr, A6: tl.constexpr, A7: tl.constexpr,
+    A8: tl.constexpr, A9: tl.constexpr, A10: tl.constexpr, A11: tl.constexpr,
+    A12: tl.constexpr, A13: tl.constexpr, A14: tl.constexpr, A15: tl.constexpr,
+    PACK_ARRAYS: tl.constexpr,
+    MS0: tl.constexpr, MS1: tl.constexpr, MS2: tl.constexpr, MS3: tl.constexpr,
+    UNMASKED: tl.constexpr,
+):
+    """``attn_bwd_dkdv`` with Q and dOut read through tensor descriptors in
+    one warp-specialized loop over (query head of the group, query tile).
+
+    Same arguments, outputs and grid as ``attn_bwd_dkdv``, plus
+    ``UNMASKED`` (full attention: no mask at all), under the conditions of
+    ``attn_fwd_ws`` for both sides: 16-bit contiguous arrays, ``HEAD_DIM ==
+    BLOCK_D``, ``Q_LEN % BLOCK_M == 0``, ``KV_LEN % BLOCK_N == 0``, every
+    length equal to its sequence length, and a mask without arrays; and
+    without ``PRESCALE`` (its scaled key tile would be computed in registers,
+    not read through a descriptor). The
+    group's heads and the query tiles share one loop index, so there is no
+    inner loop, and every tile evaluates the mask (transposed), without
+    length checks.
+    """
+    KV_HEADS: tl.constexpr = NUM_HEADS // GROUP
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // KV_HEADS
+    kvh = pid_bh % KV_HEADS
+    ARGS = mask_args(b, PACK, A0, A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12, A13,
+                     A14, A15, PACK_ARRAYS, M0, M1, M2, M3, MS0, MS1, MS2, MS3)
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_m0 = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    batch = tl.num_programs(1) // KV_HEADS
+    # K and V through descriptors too: with them pointer-loaded, Triton 3.6's
+    # warp specialization hits an assertion (WSLowerToken) on this loop.
+    k_desc = _seq_desc(K, batch, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM, BLOCK_N)
+    v_desc = _seq_desc(V, batch, KV_HEADS, KV_LEN, SVT, SVH, HEAD_DIM, BLOCK_N)
+    k_row, k_col = _seq_origin(b, kvh, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM)
+    v_row, v_col = _seq_origin(b, kvh, KV_HEADS, KV_LEN, SVT, SVH, HEAD_DIM)
+    k = k_desc.load([k_row + start_n, k_col])
+    v = v_desc.load([v_row + start_n, v_col])
+    qk_scale = sm_scale * 1.4426950408889634
+    q_desc = _seq_desc(Q, batch, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM, BLOCK_M)
+    do_desc = _seq_desc(DOut, batch, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM, BLOCK_M)
+    first, end = tile_loop_bounds(start_n, BLOCK_N, Q_LEN, Q_RANGE_FN, Q_CONTINUOUS, BLOCK_N, ARGS,
+                                  BLOCK_M)
+    tiles = (end - first + BLOCK_M - 1) // BLOCK_M
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    for i in tl.range(0, GROUP * tiles, warp_specialize=True):
+        g = i // tiles
+        start_m = first + (i - g * tiles) * BLOCK_M
+        h = kvh * GROUP + g
+        row, col = _seq_origin(b, h, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM)
+        q = q_desc.load([row + start_m, col])
+        do = do_desc.load([row + start_m, col])
+        offs_m = start_m + offs_m0
+        rows = (b * NUM_HEADS + h).to(tl.int64) * Q_LEN + offs_m
+        lse = tl.load(Lse + rows)
+        # Rows with no allowed key (lse = -inf) get p = 0.
+        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+        delta = tl.load(Delta + rows)
+        qkt = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
+        pt = tl.math.exp2(qkt - lse2[None, :])
+        if not UNMASKED:
+            pt = mask_tile(pt, 0.0, offs_m, offs_n, KV_LEN, MASK_FN, MASK_TAKES_LEN, True, ARGS, False)
+        dv += tl.dot(pt.to(do.dtype), do, input_precision=PRECISION)
+        dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+        dst = pt * (dpt - delta[None, :])
+        dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
+    dk = dk * sm_scale
+    dk_base = DK + b.to(tl.int64) * SKB + kvh.to(tl.int64) * SKH
+    dv_base = DV + b.to(tl.int64) * SVB + kvh.to(tl.int64) * SVH
+    tl.store(dk_base + offs_n[:, None] * SKT + offs_d[None, :], dk.to(DK.dtype.element_ty))
+    tl.store(dv_base + offs_n[:, None] * SVT + offs_d[None, :], dv.to(DV.dtype.element_ty))
