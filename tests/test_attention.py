@@ -587,11 +587,11 @@ def test_warp_specialized_dkdv(implementation, rng, mask, layout):
     (``attn_bwd_dkdv_ws``: the group's heads and query tiles in one loop,
     tensor descriptors, the mask on every tile): GQA and cross-attention,
     no lengths (its condition)."""
-    b, t, s, n = 2, 64, 96, 4
+    b, t, s, n = 2, 128, 256, 4
     q, k, v = random_qkv(rng, jnp.bfloat16, batch=b, q_len=t, kv_len=s, heads=n, kv_heads=2, head_dim=32,
                          layout=layout)
     base = default_config(implementation, 32, 2, mask)
-    config = AttentionConfig(fwd=base.fwd, bwd_dkdv=KernelConfig(16, 32, 4, 2, warp_specialize=True),
+    config = AttentionConfig(fwd=base.fwd, bwd_dkdv=KernelConfig(64, 128, 4, 2, warp_specialize=True),
                              bwd_dq=base.bwd_dq)
     dout, dlse = _cotangents(rng, q, n, t)
     kwargs = dict(layout=layout, implementation=implementation)
@@ -600,7 +600,7 @@ def test_warp_specialized_dkdv(implementation, rng, mask, layout):
         return jnp.sum(chill_jax.attention(q, k, v, mask, config=config, **kwargs).astype(jnp.float32))
 
     launched = [launch[0].fn.__name__ for launch in compile_check.record_launches(
-        jax.grad(loss, argnums=(1, 2)), q, k, v)]
+        jax.grad(loss, argnums=(0, 1, 2)), q, k, v)]
     if implementation == "interpret" or _launch.can_warp_specialize(implementation):
         assert "attn_bwd_dkdv_ws" in launched
     result = attention_and_grads(q, k, v, mask, dout=dout, dlse=dlse, config=config, **kwargs)

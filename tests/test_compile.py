@@ -157,3 +157,27 @@ def test_warp_specialized_forward_is_warp_specialized_for_sm90(mask, layout):
     assert compiled.metadata.num_warps > fwd.num_warps
     assert 0 < compiled.metadata.global_scratch_size
     assert 0 < compiled.metadata.shared <= H100_MAX_SHARED
+
+
+@pytest.mark.parametrize("layout", ["BTNH", "BNTH"])
+@pytest.mark.parametrize("mask", BUILTIN_MASKS, ids=repr)
+def test_warp_specialized_dkdv_is_warp_specialized_for_sm90(mask, layout):
+    """``attn_bwd_dkdv_ws`` at 64 x 128 (D=128, GQA): Triton warp-specializes
+    its loop and the build fits the shared memory."""
+    ws = KernelConfig(64, 128, 4, 2, warp_specialize=True)
+    config = AttentionConfig(fwd=KernelConfig(64, 64, 4, 2), bwd_dkdv=ws, bwd_dq=KernelConfig(64, 64, 4, 2))
+    q = jax.ShapeDtypeStruct(layout_shape(layout, 2, 256, 4, 128), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct(layout_shape(layout, 2, 256, 2, 128), jnp.bfloat16)
+
+    def loss(q, k, v):
+        out = chill_jax.attention(q, k, v, mask, layout=layout, config=config, implementation="interpret")
+        return jnp.sum(out.astype(jnp.float32))
+
+    jax.clear_caches()  # record_launches sees only launches traced anew
+    launches = [launch for launch in compile_check.record_launches(jax.grad(loss, argnums=(0, 1, 2)), q, kv, kv)
+                if launch[0].fn.__name__ == "attn_bwd_dkdv_ws"]
+    assert len(launches) == 1
+    compiled = compile_check.compile_launch(launches[0])
+    assert "ttg.warp_specialize" in compiled.asm["ttgir"]
+    assert compiled.metadata.num_warps > ws.num_warps
+    assert 0 < compiled.metadata.shared <= H100_MAX_SHARED
