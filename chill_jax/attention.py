@@ -145,10 +145,14 @@ def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens, a
                         **spec.constexprs()),
         config=cfg, implementation=static.implementation)
     cfg = static.config.bwd_dkdv
-    warp_specialize = (static.full_q_lengths and not static.prescale_qk and geo["Q_LEN"] % cfg.block_m == 0
-                       and _warp_specialize(static, cfg, geo, q, arrays))
+    warp_specialize = (static.full_q_lengths and not static.prescale_qk and cfg.block_m <= 64
+                       and geo["Q_LEN"] % cfg.block_m == 0 and _warp_specialize(static, cfg, geo, q, arrays))
     if cfg.warp_specialize and not warp_specialize:
-        cfg = dataclasses.replace(cfg, warp_specialize=False)
+        # attn_bwd_dkdv spills at the 64x128 tile the warp-specialized kernel
+        # takes at D=128 (two 128-key float32 accumulators in 4 warps); it
+        # gets its best D=128 tile instead (32x64, 3 stages; sweeps v6-v9).
+        cfg = dataclasses.replace(cfg, block_m=min(cfg.block_m, 32), block_n=min(cfg.block_n, 64), num_stages=3,
+                                  warp_specialize=False)
     spec = static.mask.spec(cfg.block_m, cfg.block_n, s).with_arrays(arrays)
     constexprs = dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=_split_full(spec),
                       **spec.constexprs(backward_q_ranges=True))

@@ -49,15 +49,18 @@ class KernelConfig:
       num_stages: software-pipelining depth (GPU only).
       warp_specialize: forward and dK/dV (ignored for dQ): run
         ``attn_fwd_ws`` / ``attn_bwd_dkdv_ws``, which read their tiles
-        through tensor descriptors (TMA) in one warp-specialized loop, where Triton adds producer warps to the ``num_warps`` that
-        compute. Needs ``num_stages == 2`` (Triton 3.6's warp-specialized
-        Hopper builds gave NaNs at 3 stages, measured on an H200). Taken
+        through tensor descriptors (TMA) in one warp-specialized loop,
+        where Triton adds producer warps to the ``num_warps`` that compute.
+        Needs ``num_stages == 2`` (Triton 3.6's warp-specialized Hopper
+        builds gave NaNs at 3 stages, measured on an H200). Taken
         when the call allows it: 16-bit inputs, no key lengths, a mask
         without arrays, a power-of-two head dim, whole key tiles, and on
         CUDA GPUs of compute capability 9.0 or newer a binding that can
         launch such kernels (``_launch.can_warp_specialize``). Otherwise the
         forward runs ``attn_fwd`` with at most 64 keys per tile. dK/dV also
-        needs no query lengths, whole query tiles and no ``prescale_qk``.
+        needs no query lengths, whole query tiles of at most 64 queries
+        (Triton 3.6 fails to build 128) and no ``prescale_qk``; otherwise
+        it runs ``attn_bwd_dkdv`` with at most 32x64 tiles and 3 stages.
         The interpreter runs both kernels too (without warp
         specialization), so the CPU tests check them.
     """

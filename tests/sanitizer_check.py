@@ -52,6 +52,15 @@ def cases():
     # 128-key tiles; query lengths are allowed.
     yield "ws_full_d128_t256", chill_jax.FullChillMask(), jnp.bfloat16, 1, 256, 256, 2, 1, 128, None, {}
     yield "ws_causal_d128_t384", chill_jax.CausalChillMask(), jnp.bfloat16, 2, 300, 384, 2, 2, 128, [300, 129], {}
+    # The warp-specialized dK/dV kernel (attn_bwd_dkdv_ws), taken with
+    # KernelConfig(warp_specialize=True) when no lengths are given.
+    ws_dkdv = chill_jax.AttentionConfig(fwd=chill_jax.KernelConfig(64, 64, 4, 2),
+                                        bwd_dkdv=chill_jax.KernelConfig(64, 128, 4, 2, warp_specialize=True),
+                                        bwd_dq=chill_jax.KernelConfig(64, 64, 4, 2))
+    yield ("ws_dkdv_causal_d128_t256", chill_jax.CausalChillMask(), jnp.bfloat16, 2, 256, 256, 4, 2, 128, None,
+           dict(config=ws_dkdv))
+    yield ("ws_dkdv_window_d64_t128_s384", chill_jax.SlidingWindowChillMask(40, 70), jnp.bfloat16, 1, 128, 384,
+           2, 1, 64, None, dict(config=ws_dkdv))
     # prescale_qk with float16 once gave nondeterministic dK (a scaled query
     # copy inside the dK/dV loop; see benchmarks/NOTES.md). The scaled query
     # is rounded to float16, so lse gets float16's tolerance.

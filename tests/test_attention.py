@@ -605,3 +605,36 @@ def test_warp_specialized_dkdv(implementation, rng, mask, layout):
         assert "attn_bwd_dkdv_ws" in launched
     result = attention_and_grads(q, k, v, mask, dout=dout, dlse=dlse, config=config, **kwargs)
     check_against_reference(result, q, k, v, mask, dout=dout, dlse=dlse, **kwargs)
+
+
+@pytest.mark.parametrize("reason", ["q_lengths", "prescale_qk", "query_tile_128", "partial_query_tile"])
+def test_warp_specialized_dkdv_fallback(implementation, rng, reason):
+    """A warp-specialized dK/dV configuration that a call cannot take runs
+    ``attn_bwd_dkdv`` with at most 32x64 tiles and 3 stages, and is right."""
+    t = 100 if reason == "partial_query_tile" else 128
+    q, k, v = random_qkv(rng, jnp.bfloat16, batch=2, q_len=t, kv_len=256, heads=4, kv_heads=2, head_dim=32)
+    mask = chill_jax.CausalChillMask()
+    base = default_config(implementation, 32, 2, mask)
+    block_m = 128 if reason == "query_tile_128" else 64
+    config = AttentionConfig(fwd=base.fwd, bwd_dkdv=KernelConfig(block_m, 128, 4, 2, warp_specialize=True),
+                             bwd_dq=base.bwd_dq)
+    kwargs = dict(implementation=implementation)
+    if reason == "q_lengths":
+        kwargs["q_lengths"] = random_lengths(rng, 2, t)
+    if reason == "prescale_qk":
+        kwargs["prescale_qk"] = True
+
+    def loss(q, k, v):
+        return jnp.sum(chill_jax.attention(q, k, v, mask, config=config, **kwargs).astype(jnp.float32))
+
+    jax.clear_caches()
+    dkdv = [(consts["BLOCK_M"], consts["BLOCK_N"], cfg.num_stages)
+            for kernel, _, _, consts, cfg in compile_check.record_launches(jax.grad(loss, argnums=(0, 1, 2)), q, k, v)
+            if kernel.fn.__name__.startswith("attn_bwd_dkdv")]
+    if implementation != "xla":
+        assert dkdv == [(32, 64, 3)]
+    dout, dlse = _cotangents(rng, q, 4, t)
+    result = attention_and_grads(q, k, v, mask, dout=dout, dlse=dlse, config=config, **kwargs)
+    # prescale_qk rounds the scaled query to bfloat16, and the lse with it.
+    lse_tol = {"lse_tol": TOLERANCES["bfloat16"]} if reason == "prescale_qk" else {}
+    check_against_reference(result, q, k, v, mask, dout=dout, dlse=dlse, **lse_tol, **kwargs)
