@@ -111,7 +111,8 @@ def test_array_and_composed_masks_compile_for_sm90(mask):
 
 
 DKDV_CANDIDATES = [
-    pytest.param(block_d, cfg, id=f"D{block_d}-{cfg.block_m}x{cfg.block_n}w{cfg.num_warps}s{cfg.num_stages}")
+    pytest.param(block_d, cfg, id=f"D{block_d}-{cfg.block_m}x{cfg.block_n}w{cfg.num_warps}s{cfg.num_stages}"
+                                  + ("ws" if cfg.warp_specialize else ""))
     for block_d in (64, 128, 256) for cfg in autotune_candidates(block_d, 2)["bwd_dkdv"]
 ]
 
@@ -119,9 +120,11 @@ DKDV_CANDIDATES = [
 @pytest.mark.parametrize("block_d,kernel_config", DKDV_CANDIDATES)
 def test_dkdv_autotune_candidates_compile_for_sm90(block_d, kernel_config):
     """Every dK/dV configuration ``autotune=True`` may pick (16-bit inputs)
-    compiles for sm_90 and fits the per-block shared memory."""
+    compiles for sm_90 and fits the per-block shared memory; a
+    warp-specialized one builds ``attn_bwd_dkdv_ws`` (whole tiles)."""
     config = AttentionConfig(fwd=KernelConfig(64, 64, 4, 2), bwd_dkdv=kernel_config, bwd_dq=KernelConfig(64, 64, 4, 2))
-    q = jax.ShapeDtypeStruct((2, 200, 2, block_d), jnp.bfloat16)
+    q = jax.ShapeDtypeStruct((2, 256 if kernel_config.warp_specialize else 200, 2, block_d), jnp.bfloat16)
+    name = "attn_bwd_dkdv_ws" if kernel_config.warp_specialize else "attn_bwd_dkdv"
 
     def loss(q, k, v):
         out = chill_jax.attention(q, k, v, CausalChillMask(), config=config, implementation="interpret")
@@ -129,7 +132,7 @@ def test_dkdv_autotune_candidates_compile_for_sm90(block_d, kernel_config):
 
     jax.clear_caches()  # record_launches sees only launches traced anew
     launches = [launch for launch in compile_check.record_launches(jax.grad(loss, argnums=(0, 1, 2)), q, q, q)
-                if launch[0].fn.__name__ == "attn_bwd_dkdv"]
+                if launch[0].fn.__name__ == name]
     assert len(launches) == 1
     compiled = compile_check.compile_launch(launches[0])
     assert 0 < compiled.metadata.shared <= H100_MAX_SHARED, (compiled.metadata.shared, kernel_config)
