@@ -12,8 +12,8 @@ of a key/value head's group (GQA) inside the program.
 import triton
 import triton.language as tl
 
-from .tiles import (full_tile_span, live_key_tiles, load_tile, mask_args, mask_tile,
-                    tile_loop_bounds)
+from .tiles import (full_tile_span, live_key_tiles, load_tile, mask_args, mask_tile, seq_descriptor,
+                    seq_origin, tile_loop_bounds)
 
 
 @triton.jit
@@ -300,32 +300,6 @@ def attn_bwd_dq(
 
 
 @triton.jit
-def _seq_desc(X, batch, HEADS: tl.constexpr, LEN: tl.constexpr, ST: tl.constexpr, SH: tl.constexpr,
-              HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
-    """Whole-array two-dimensional descriptor of a contiguous ``[B, LEN,
-    HEADS, HEAD_DIM]`` (``SH < ST``) or ``[B, HEADS, LEN, HEAD_DIM]`` array
-    with ``[BLOCK, HEAD_DIM]`` blocks (see ``forward._seq_descriptor``)."""
-    if SH < ST:
-        desc = tl.make_tensor_descriptor(X, [batch * LEN, HEADS * HEAD_DIM], [ST, 1], [BLOCK, HEAD_DIM])
-    else:
-        desc = tl.make_tensor_descriptor(X, [batch * HEADS * LEN, HEAD_DIM], [ST, 1], [BLOCK, HEAD_DIM])
-    return desc
-
-
-@triton.jit
-def _seq_origin(b, h, HEADS: tl.constexpr, LEN: tl.constexpr, ST: tl.constexpr, SH: tl.constexpr,
-                HEAD_DIM: tl.constexpr):
-    """Row and column of ``_seq_desc`` where (batch ``b``, head ``h``) starts."""
-    if SH < ST:
-        row = b * LEN
-        col = h * HEAD_DIM
-    else:
-        row = (b * HEADS + h) * LEN
-        col = 0 * h
-    return row, col
-
-
-@triton.jit
 def attn_bwd_dkdv_ws(
     Q, K, V, DOut, Lse, Delta, QLens, KVLens, M0, M1, M2, M3, sm_scale,
     DK, DV,
@@ -357,10 +331,9 @@ def attn_bwd_dkdv_ws(
     BLOCK_D``, ``Q_LEN % BLOCK_M == 0``, ``KV_LEN % BLOCK_N == 0``, every
     length equal to its sequence length, and a mask without arrays; and
     without ``PRESCALE`` (its scaled key tile would be computed in registers,
-    not read through a descriptor). The
-    group's heads and the query tiles share one loop index, so there is no
-    inner loop, and every tile evaluates the mask (transposed), without
-    length checks.
+    not read through a descriptor). The group's heads and the query tiles
+    share one loop index, so there is no inner loop, and every tile
+    evaluates the mask (transposed), without length checks.
     """
     KV_HEADS: tl.constexpr = NUM_HEADS // GROUP
     pid_n = tl.program_id(0)
@@ -376,15 +349,15 @@ def attn_bwd_dkdv_ws(
     batch = tl.num_programs(1) // KV_HEADS
     # K and V through descriptors too: with them pointer-loaded, Triton 3.6's
     # warp specialization hits an assertion (WSLowerToken) on this loop.
-    k_desc = _seq_desc(K, batch, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM, BLOCK_N)
-    v_desc = _seq_desc(V, batch, KV_HEADS, KV_LEN, SVT, SVH, HEAD_DIM, BLOCK_N)
-    k_row, k_col = _seq_origin(b, kvh, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM)
-    v_row, v_col = _seq_origin(b, kvh, KV_HEADS, KV_LEN, SVT, SVH, HEAD_DIM)
+    k_desc = seq_descriptor(K, batch, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM, BLOCK_N)
+    v_desc = seq_descriptor(V, batch, KV_HEADS, KV_LEN, SVT, SVH, HEAD_DIM, BLOCK_N)
+    k_row, k_col = seq_origin(b, kvh, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM)
+    v_row, v_col = seq_origin(b, kvh, KV_HEADS, KV_LEN, SVT, SVH, HEAD_DIM)
     k = k_desc.load([k_row + start_n, k_col])
     v = v_desc.load([v_row + start_n, v_col])
     qk_scale = sm_scale * 1.4426950408889634
-    q_desc = _seq_desc(Q, batch, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM, BLOCK_M)
-    do_desc = _seq_desc(DOut, batch, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM, BLOCK_M)
+    q_desc = seq_descriptor(Q, batch, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM, BLOCK_M)
+    do_desc = seq_descriptor(DOut, batch, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM, BLOCK_M)
     first, end = tile_loop_bounds(start_n, BLOCK_N, Q_LEN, Q_RANGE_FN, Q_CONTINUOUS, BLOCK_N, ARGS,
                                   BLOCK_M)
     tiles = (end - first + BLOCK_M - 1) // BLOCK_M
@@ -394,7 +367,7 @@ def attn_bwd_dkdv_ws(
         g = i // tiles
         start_m = first + (i - g * tiles) * BLOCK_M
         h = kvh * GROUP + g
-        row, col = _seq_origin(b, h, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM)
+        row, col = seq_origin(b, h, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM)
         q = q_desc.load([row + start_m, col])
         do = do_desc.load([row + start_m, col])
         offs_m = start_m + offs_m0

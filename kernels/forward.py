@@ -5,7 +5,7 @@
 import triton
 import triton.language as tl
 
-from .tiles import live_key_tiles, load_tile, mask_args, mask_tile
+from .tiles import live_key_tiles, load_tile, mask_args, mask_tile, seq_descriptor, seq_origin
 
 
 @triton.jit
@@ -167,32 +167,6 @@ def attn_fwd(
 
 
 @triton.jit
-def _seq_descriptor(X, b, h, batch, HEADS: tl.constexpr, LEN: tl.constexpr, ST: tl.constexpr,
-                    SH: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
-    """A two-dimensional descriptor over all of ``X`` (``[B, LEN, HEADS,
-    HEAD_DIM]`` when ``SH < ST``, else ``[B, HEADS, LEN, HEAD_DIM]``,
-    contiguous) with ``[BLOCK, HEAD_DIM]`` blocks, and the row and column
-    where (batch ``b``, head ``h``) starts. One descriptor for the whole
-    array, not one per (batch, head): with per-slice descriptors and a mask
-    in the loop, Triton 3.6's warp-specialized build gave wrong results
-    (H200). Rows past ``LEN`` belong to the next slice (or are zeros past
-    the array's end).
-
-    Returns:
-      ``(descriptor, row, column)``.
-    """
-    if SH < ST:
-        desc = tl.make_tensor_descriptor(X, [batch * LEN, HEADS * HEAD_DIM], [ST, 1], [BLOCK, HEAD_DIM])
-        row = b * LEN
-        col = h * HEAD_DIM
-    else:
-        desc = tl.make_tensor_descriptor(X, [batch * HEADS * LEN, HEAD_DIM], [ST, 1], [BLOCK, HEAD_DIM])
-        row = (b * HEADS + h) * LEN
-        col = 0 * h
-    return desc, row, col
-
-
-@triton.jit
 def attn_fwd_ws(
     Q, K, V, QLens, KVLens, M0, M1, M2, M3, sm_scale,
     Out, Lse,
@@ -223,7 +197,7 @@ def attn_fwd_ws(
     these conditions (the binding checks them): contiguous ``[B, T, N, D]``
     or ``[B, N, T, D]`` arrays of 16-bit elements, ``HEAD_DIM == BLOCK_D``,
     ``KV_LEN % BLOCK_N == 0`` and every key length equal to ``KV_LEN`` (key
-    tiles past a length would read other rows: see ``_seq_descriptor``), and
+    tiles past a length would read other rows: see ``tiles.seq_descriptor``), and
     a mask without arrays. Triton 3.6 warp-specializes a loop only when no
     other loop with tile products, no data-dependent ``while`` and no branch
     inside it, so there is one loop over the mask's range hull, and every
@@ -246,11 +220,12 @@ def attn_fwd_ws(
     offs_n0 = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     batch = tl.num_programs(1) // NUM_HEADS
-    q_desc, q_row, q_col = _seq_descriptor(Q, b, h, batch, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM, BLOCK_M)
-    k_desc, k_row, k_col = _seq_descriptor(K, b, kvh, batch, NUM_HEADS // GROUP, KV_LEN, SKT, SKH,
-                                           HEAD_DIM, BLOCK_N)
-    v_desc, v_row, v_col = _seq_descriptor(V, b, kvh, batch, NUM_HEADS // GROUP, KV_LEN, SVT, SVH,
-                                           HEAD_DIM, BLOCK_N)
+    q_desc = seq_descriptor(Q, batch, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM, BLOCK_M)
+    q_row, q_col = seq_origin(b, h, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM)
+    k_desc = seq_descriptor(K, batch, NUM_HEADS // GROUP, KV_LEN, SKT, SKH, HEAD_DIM, BLOCK_N)
+    k_row, k_col = seq_origin(b, kvh, NUM_HEADS // GROUP, KV_LEN, SKT, SKH, HEAD_DIM)
+    v_desc = seq_descriptor(V, batch, NUM_HEADS // GROUP, KV_LEN, SVT, SVH, HEAD_DIM, BLOCK_N)
+    v_row, v_col = seq_origin(b, kvh, NUM_HEADS // GROUP, KV_LEN, SVT, SVH, HEAD_DIM)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)

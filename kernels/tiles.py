@@ -351,3 +351,37 @@ def live_key_tiles(live, start_m, q_len, kv_len, K_RANGE_FN: tl.constexpr,
                                           True, BLOCK_M, BLOCK_N, ARGS)
     return (tl.where(live, first, 0), tl.where(live, end, 0), tl.where(live, full_lo, 0),
             tl.where(live, full_hi, 0))
+
+
+@triton.jit
+def seq_descriptor(X, batch, HEADS: tl.constexpr, LEN: tl.constexpr, ST: tl.constexpr, SH: tl.constexpr,
+                   HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+    """A two-dimensional tensor descriptor over all of ``X`` (``[B, LEN,
+    HEADS, HEAD_DIM]`` when ``SH < ST``, else ``[B, HEADS, LEN, HEAD_DIM]``,
+    contiguous, ``batch`` = B) with ``[BLOCK, HEAD_DIM]`` blocks;
+    :func:`seq_origin` gives a (batch, head) slice's first row and column.
+
+    One descriptor for the whole array, not one per (batch, head): with
+    per-slice descriptors and a mask in the loop, Triton 3.6's
+    warp-specialized build gave wrong results (H200). Rows past ``LEN``
+    belong to the next slice (or are zeros past the array's end).
+    """
+    if SH < ST:
+        desc = tl.make_tensor_descriptor(X, [batch * LEN, HEADS * HEAD_DIM], [ST, 1], [BLOCK, HEAD_DIM])
+    else:
+        desc = tl.make_tensor_descriptor(X, [batch * HEADS * LEN, HEAD_DIM], [ST, 1], [BLOCK, HEAD_DIM])
+    return desc
+
+
+@triton.jit
+def seq_origin(b, h, HEADS: tl.constexpr, LEN: tl.constexpr, ST: tl.constexpr, SH: tl.constexpr,
+               HEAD_DIM: tl.constexpr):
+    """Row and column of :func:`seq_descriptor` where (batch ``b``, head
+    ``h``) starts."""
+    if SH < ST:
+        row = b * LEN
+        col = h * HEAD_DIM
+    else:
+        row = (b * HEADS + h) * LEN
+        col = 0 * h
+    return row, col
