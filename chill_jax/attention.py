@@ -102,7 +102,7 @@ def _forward(static: _Static, q, k, v, q_lens, kv_lens, arrays=()):
     kernel = attn_fwd
     if warp_specialize:
         kernel = attn_fwd_ws
-        constexprs["UNMASKED"] = static.full_kv_lengths and isinstance(static.mask, FullChillMask)
+        constexprs["UNMASKED"] = isinstance(static.mask, FullChillMask)
     out, lse = _launch.launch(
         kernel, grid=(triton.cdiv(t, cfg.block_m), b * n),
         args=[q, k, v, q_lens, kv_lens, *_mask_operands(arrays), static.sm_scale],
@@ -111,15 +111,21 @@ def _forward(static: _Static, q, k, v, q_lens, kv_lens, arrays=()):
     return out, lse
 
 
-def _warp_specialize(static: _Static, cfg, geo: dict[str, Any], q, arrays) -> bool:
-    """Whether the forward runs ``attn_fwd_ws`` (tensor descriptors, one
-    warp-specialized loop): asked for by the configuration, launchable by the
+def _warp_specialize(static: _Static, cfg, geo: dict[str, Any], q, arrays, *, dkdv: bool = False) -> bool:
+    """Whether a launch runs its warp-specialized kernel (tensor descriptors,
+    one warp-specialized loop): ``attn_fwd_ws``, or ``attn_bwd_dkdv_ws`` with
+    ``dkdv``. Asked for by the configuration, launchable by the
     implementation (the interpreter runs it without warp specialization),
     and within the kernel's conditions: 16-bit inputs, a power-of-two head
-    dim, whole key tiles, every key length the sequence length
-    (key tiles read past a length would take other rows, which may hold
-    anything), and a mask without arrays."""
+    dim, whole key tiles, every key length the sequence length (key tiles
+    read past a length would take other rows, which may hold anything), and
+    a mask without arrays. dK/dV also needs the same of the queries, at most
+    64 queries per tile (Triton 3.6 fails to build 128) and no
+    ``prescale_qk``."""
     if not cfg.warp_specialize or arrays or not static.full_kv_lengths:
+        return False
+    if dkdv and not (static.full_q_lengths and not static.prescale_qk and cfg.block_m <= 64
+                     and geo["Q_LEN"] % cfg.block_m == 0):
         return False
     if static.implementation == "triton" and not _launch.can_warp_specialize("triton"):
         return False
@@ -145,8 +151,7 @@ def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens, a
                         **spec.constexprs()),
         config=cfg, implementation=static.implementation)
     cfg = static.config.bwd_dkdv
-    warp_specialize = (static.full_q_lengths and not static.prescale_qk and cfg.block_m <= 64
-                       and geo["Q_LEN"] % cfg.block_m == 0 and _warp_specialize(static, cfg, geo, q, arrays))
+    warp_specialize = _warp_specialize(static, cfg, geo, q, arrays, dkdv=True)
     if cfg.warp_specialize and not warp_specialize:
         # attn_bwd_dkdv spills at the 64x128 tile the warp-specialized kernel
         # takes at D=128 (two 128-key float32 accumulators in 4 warps); it
