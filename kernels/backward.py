@@ -389,3 +389,116 @@ def attn_bwd_dkdv_ws(
     dv_base = DV + b.to(tl.int64) * SVB + kvh.to(tl.int64) * SVH
     tl.store(dk_base + offs_n[:, None] * SKT + offs_d[None, :], dk.to(DK.dtype.element_ty))
     tl.store(dv_base + offs_n[:, None] * SVT + offs_d[None, :], dv.to(DV.dtype.element_ty))
+
+
+@triton.jit
+def attn_bwd_delta(
+    Out, DOut, DLse, Delta,
+    SQB: tl.constexpr, SQT: tl.constexpr, SQH: tl.constexpr,
+    NUM_HEADS: tl.constexpr, Q_LEN: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """``Delta = rowsum(dOut * Out) - dLse`` of one query tile of one (batch,
+    head), for the launches that cannot compute it themselves
+    (``attn_bwd_dq_ws``).
+
+    Out and DOut have the layout of Q; DLse and Delta are float32 ``[B, N,
+    Q_LEN]``. Grid: ``(cdiv(Q_LEN, BLOCK_M), B * NUM_HEADS)``.
+    """
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // NUM_HEADS
+    h = pid_bh % NUM_HEADS
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < Q_LEN
+    ptrs = b.to(tl.int64) * SQB + h.to(tl.int64) * SQH + offs_m[:, None] * SQT + offs_d[None, :]
+    ok = m_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
+    o = tl.load(Out + ptrs, mask=ok, other=0.0).to(tl.float32)
+    do = tl.load(DOut + ptrs, mask=ok, other=0.0).to(tl.float32)
+    rows = pid_bh.to(tl.int64) * Q_LEN + offs_m
+    delta = tl.sum(o * do, 1) - tl.load(DLse + rows, mask=m_ok, other=0.0)
+    tl.store(Delta + rows, delta, mask=m_ok)
+
+
+@triton.jit
+def attn_bwd_dq_ws(
+    Q, K, V, DOut, Lse, Delta, QLens, KVLens, M0, M1, M2, M3, sm_scale,
+    DQ,
+    SQB: tl.constexpr, SQT: tl.constexpr, SQH: tl.constexpr,
+    SKB: tl.constexpr, SKT: tl.constexpr, SKH: tl.constexpr,
+    SVB: tl.constexpr, SVT: tl.constexpr, SVH: tl.constexpr,
+    NUM_HEADS: tl.constexpr, GROUP: tl.constexpr,
+    Q_LEN: tl.constexpr, KV_LEN: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr, PRESCALE: tl.constexpr,
+    MASK_FN: tl.constexpr, MASK_TAKES_LEN: tl.constexpr,
+    K_RANGE_FN: tl.constexpr, K_CONTINUOUS: tl.constexpr,
+    FULL_FN: tl.constexpr, SPLIT_FULL: tl.constexpr, PACK: tl.constexpr,
+    A0: tl.constexpr, A1: tl.constexpr, A2: tl.constexpr, A3: tl.constexpr,
+    A4: tl.constexpr, A5: tl.constexpr, A6: tl.constexpr, A7: tl.constexpr,
+    A8: tl.constexpr, A9: tl.constexpr, A10: tl.constexpr, A11: tl.constexpr,
+    A12: tl.constexpr, A13: tl.constexpr, A14: tl.constexpr, A15: tl.constexpr,
+    PACK_ARRAYS: tl.constexpr,
+    MS0: tl.constexpr, MS1: tl.constexpr, MS2: tl.constexpr, MS3: tl.constexpr,
+    UNMASKED: tl.constexpr,
+):
+    """``attn_bwd_dq`` with K and V read through tensor descriptors in one
+    warp-specialized key loop, and delta read, not computed.
+
+    Arguments as ``attn_bwd_dq`` without Out and DLse, and with Delta an
+    input (``attn_bwd_delta`` writes it): computing it here from an Out tile
+    makes Triton 3.6's warp-specialization pass fail (a pointer load) or
+    fail in some builds and not others (a descriptor load). Plus
+    ``UNMASKED``, under the conditions of ``attn_bwd_dkdv_ws`` (the query
+    side's included, and at most 64 queries per tile: with 128 the pass
+    fails on the row statistics). Grid as ``attn_bwd_dq``. Every tile of
+    the mask's range hull evaluates the mask (no full-tile run), without
+    length checks.
+    """
+    KV_HEADS: tl.constexpr = NUM_HEADS // GROUP
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // NUM_HEADS
+    h = pid_bh % NUM_HEADS
+    kvh = h // GROUP
+    ARGS = mask_args(b, PACK, A0, A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12, A13,
+                     A14, A15, PACK_ARRAYS, M0, M1, M2, M3, MS0, MS1, MS2, MS3)
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n0 = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    batch = tl.num_programs(1) // NUM_HEADS
+    q_desc = seq_descriptor(Q, batch, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM, BLOCK_M)
+    do_desc = seq_descriptor(DOut, batch, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM, BLOCK_M)
+    q_row, q_col = seq_origin(b, h, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM)
+    k_desc = seq_descriptor(K, batch, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM, BLOCK_N)
+    v_desc = seq_descriptor(V, batch, KV_HEADS, KV_LEN, SVT, SVH, HEAD_DIM, BLOCK_N)
+    k_row, k_col = seq_origin(b, kvh, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM)
+    v_row, v_col = seq_origin(b, kvh, KV_HEADS, KV_LEN, SVT, SVH, HEAD_DIM)
+    q = q_desc.load([q_row + start_m, q_col])
+    do = do_desc.load([q_row + start_m, q_col])
+    rows = pid_bh.to(tl.int64) * Q_LEN + offs_m
+    lse = tl.load(Lse + rows)
+    # Rows with no allowed key (lse = -inf) get p = 0.
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    delta = tl.load(Delta + rows)
+    qk_scale = sm_scale * 1.4426950408889634
+    first, end, _, _ = live_key_tiles(True, start_m, Q_LEN, KV_LEN, K_RANGE_FN, K_CONTINUOUS, FULL_FN,
+                                      False, BLOCK_M, BLOCK_N, ARGS)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start_n in tl.range(first, end, BLOCK_N, warp_specialize=True):
+        k = k_desc.load([k_row + start_n, k_col])
+        v = v_desc.load([v_row + start_n, v_col])
+        qk = tl.dot(q, k.T, input_precision=PRECISION) * qk_scale
+        p = tl.math.exp2(qk - lse2[:, None])
+        if not UNMASKED:
+            p = mask_tile(p, 0.0, offs_m, start_n + offs_n0, KV_LEN, MASK_FN, MASK_TAKES_LEN, False, ARGS,
+                          False)
+        dp = tl.dot(do, v.T, input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    dq = dq * sm_scale
+    dq_base = DQ + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH
+    tl.store(dq_base + offs_m[:, None] * SQT + offs_d[None, :], dq.to(DQ.dtype.element_ty))

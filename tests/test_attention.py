@@ -638,3 +638,64 @@ def test_warp_specialized_dkdv_fallback(implementation, rng, reason):
     # prescale_qk rounds the scaled query to bfloat16, and the lse with it.
     lse_tol = {"lse_tol": TOLERANCES["bfloat16"]} if reason == "prescale_qk" else {}
     check_against_reference(result, q, k, v, mask, dout=dout, dlse=dlse, **lse_tol, **kwargs)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("mask", BUILTIN_MASKS, ids=repr)
+def test_warp_specialized_dq(implementation, rng, mask, layout):
+    """The dQ kernel of ``KernelConfig(warp_specialize=True)``
+    (``attn_bwd_dq_ws`` after ``attn_bwd_delta``: tensor descriptors, one
+    key loop with the mask on every tile): GQA and cross-attention, no
+    lengths (its condition), and a nonzero lse cotangent (delta's dLse)."""
+    b, t, s, n = 2, 128, 256, 4
+    q, k, v = random_qkv(rng, jnp.bfloat16, batch=b, q_len=t, kv_len=s, heads=n, kv_heads=2, head_dim=32,
+                         layout=layout)
+    base = default_config(implementation, 32, 2, mask)
+    config = AttentionConfig(fwd=base.fwd, bwd_dkdv=base.bwd_dkdv,
+                             bwd_dq=KernelConfig(64, 128, 4, 2, warp_specialize=True))
+    dout, dlse = _cotangents(rng, q, n, t)
+    kwargs = dict(layout=layout, implementation=implementation)
+
+    def loss(q, k, v):
+        return jnp.sum(chill_jax.attention(q, k, v, mask, config=config, **kwargs).astype(jnp.float32))
+
+    launched = [launch[0].fn.__name__ for launch in compile_check.record_launches(
+        jax.grad(loss, argnums=(0, 1, 2)), q, k, v)]
+    if implementation == "interpret" or _launch.can_warp_specialize(implementation):
+        assert launched.count("attn_bwd_delta") == 1 and launched.count("attn_bwd_dq_ws") == 1
+        assert "attn_bwd_dq" not in launched
+    result = attention_and_grads(q, k, v, mask, dout=dout, dlse=dlse, config=config, **kwargs)
+    check_against_reference(result, q, k, v, mask, dout=dout, dlse=dlse, **kwargs)
+
+
+@pytest.mark.parametrize("reason", ["q_lengths", "prescale_qk", "query_tile_128", "partial_query_tile"])
+def test_warp_specialized_dq_fallback(implementation, rng, reason):
+    """A warp-specialized dQ configuration that a call cannot take runs
+    ``attn_bwd_dq`` (which computes delta itself) with at most 64 keys per
+    tile, and is right."""
+    t = 100 if reason == "partial_query_tile" else 128
+    q, k, v = random_qkv(rng, jnp.bfloat16, batch=2, q_len=t, kv_len=256, heads=4, kv_heads=2, head_dim=32)
+    mask = chill_jax.CausalChillMask()
+    base = default_config(implementation, 32, 2, mask)
+    block_m = 128 if reason == "query_tile_128" else 64
+    config = AttentionConfig(fwd=base.fwd, bwd_dkdv=base.bwd_dkdv,
+                             bwd_dq=KernelConfig(block_m, 128, 4, 2, warp_specialize=True))
+    kwargs = dict(implementation=implementation)
+    if reason == "q_lengths":
+        kwargs["q_lengths"] = random_lengths(rng, 2, t)
+    if reason == "prescale_qk":
+        kwargs["prescale_qk"] = True
+
+    def loss(q, k, v):
+        return jnp.sum(chill_jax.attention(q, k, v, mask, config=config, **kwargs).astype(jnp.float32))
+
+    jax.clear_caches()
+    launched = [(kernel.fn.__name__, consts["BLOCK_M"], consts["BLOCK_N"])
+                for kernel, _, _, consts, _ in compile_check.record_launches(jax.grad(loss, argnums=(0, 1, 2)), q, k, v)
+                if kernel.fn.__name__.startswith(("attn_bwd_dq", "attn_bwd_delta"))]
+    if implementation != "xla":
+        assert launched == [("attn_bwd_dq", block_m, 64)]
+    dout, dlse = _cotangents(rng, q, 4, t)
+    result = attention_and_grads(q, k, v, mask, dout=dout, dlse=dlse, config=config, **kwargs)
+    lse_tol = {"lse_tol": TOLERANCES["bfloat16"]} if reason == "prescale_qk" else {}
+    check_against_reference(result, q, k, v, mask, dout=dout, dlse=dlse, **lse_tol, **kwargs)
