@@ -13,9 +13,8 @@ import jax.numpy as jnp
 import triton
 
 from chill_jax import _autotune, _launch, _sharding, _xla
-from chill_jax.configs import AttentionConfig, KernelConfig
-from chill_jax.kernels import (attn_bwd_delta, attn_bwd_dkdv, attn_bwd_dkdv_ws, attn_bwd_dq, attn_bwd_dq_ws, attn_fwd,
-                              attn_fwd_ws)
+from chill_jax.configs import AttentionConfig
+from chill_jax.kernels import attn_bwd_dkdv, attn_bwd_dkdv_ws, attn_bwd_dq, attn_fwd, attn_fwd_ws
 from chill_jax.kernels import MAX_MASK_ARRAYS
 from chill_jax.masks import ChillMask, FullChillMask, batched_arrays, split_arrays
 
@@ -24,9 +23,6 @@ IMPLEMENTATIONS = ("triton", "interpret", "xla")
 _DTYPES = (jnp.float16, jnp.bfloat16, jnp.float32)
 _PRECISIONS = ("ieee", "tf32", "tf32x3")
 MAX_HEAD_DIM = 256
-# attn_bwd_delta's tile (memory-bound: two [64, D] loads per program).
-_DELTA_BLOCK_M = 64
-_DELTA_CONFIG = KernelConfig(block_m=_DELTA_BLOCK_M, block_n=16, num_warps=4, num_stages=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,20 +111,20 @@ def _forward(static: _Static, q, k, v, q_lens, kv_lens, arrays=()):
     return out, lse
 
 
-def _warp_specialize(static: _Static, cfg, geo: dict[str, Any], q, arrays, *, backward: bool = False) -> bool:
+def _warp_specialize(static: _Static, cfg, geo: dict[str, Any], q, arrays, *, dkdv: bool = False) -> bool:
     """Whether a launch runs its warp-specialized kernel (tensor descriptors,
-    one warp-specialized loop): ``attn_fwd_ws``, or with ``backward``
-    ``attn_bwd_dq_ws`` / ``attn_bwd_dkdv_ws``. Asked for by the
-    configuration, launchable by the implementation (the interpreter runs
-    it without warp specialization), and within the kernel's conditions:
-    16-bit inputs, a power-of-two head dim, whole key tiles, every key
-    length the sequence length (key tiles read past a length would take
-    other rows, which may hold anything), and a mask without arrays. The
-    backward kernels also need the same of the queries, at most 64 queries
-    per tile (Triton 3.6 fails to build 128) and no ``prescale_qk``."""
+    one warp-specialized loop): ``attn_fwd_ws``, or ``attn_bwd_dkdv_ws`` with
+    ``dkdv``. Asked for by the configuration, launchable by the
+    implementation (the interpreter runs it without warp specialization),
+    and within the kernel's conditions: 16-bit inputs, a power-of-two head
+    dim, whole key tiles, every key length the sequence length (key tiles
+    read past a length would take other rows, which may hold anything), and
+    a mask without arrays. dK/dV also needs the same of the queries, at most
+    64 queries per tile (Triton 3.6 fails to build 128) and no
+    ``prescale_qk``."""
     if not cfg.warp_specialize or arrays or not static.full_kv_lengths:
         return False
-    if backward and not (static.full_q_lengths and not static.prescale_qk and cfg.block_m <= 64
+    if dkdv and not (static.full_q_lengths and not static.prescale_qk and cfg.block_m <= 64
                      and geo["Q_LEN"] % cfg.block_m == 0):
         return False
     if static.implementation == "triton" and not _launch.can_warp_specialize("triton"):
@@ -143,41 +139,19 @@ def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens, a
     kv_heads = n // geo["GROUP"]
     dout = dout.astype(q.dtype)
     mask_operands = _mask_operands(arrays)
+    # dQ first: its programs also compute delta, which dK/dV reads.
     cfg = static.config.bwd_dq
-    if _warp_specialize(static, cfg, geo, q, arrays, backward=True):
-        # Delta from a launch of its own: attn_bwd_dq_ws cannot compute it.
-        delta, = _launch.launch(
-            attn_bwd_delta, grid=(triton.cdiv(t, _DELTA_BLOCK_M), b * n),
-            args=[out, dout, dlse.astype(jnp.float32)],
-            out_shapes=[jax.ShapeDtypeStruct((b, n, t), jnp.float32)],
-            constexprs=dict(SQB=geo["SQB"], SQT=geo["SQT"], SQH=geo["SQH"], NUM_HEADS=n, Q_LEN=t,
-                            HEAD_DIM=geo["HEAD_DIM"], BLOCK_D=geo["BLOCK_D"], BLOCK_M=_DELTA_BLOCK_M),
-            config=_DELTA_CONFIG, implementation=static.implementation)
-        spec = static.mask.spec(cfg.block_m, cfg.block_n, s)
-        dq, = _launch.launch(
-            attn_bwd_dq_ws, grid=(triton.cdiv(t, cfg.block_m), b * n),
-            args=[q, k, v, dout, lse, delta, q_lens, kv_lens, *mask_operands, static.sm_scale],
-            out_shapes=[jax.ShapeDtypeStruct(q.shape, q.dtype)],
-            constexprs=dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=False,
-                            UNMASKED=isinstance(static.mask, FullChillMask), **spec.constexprs()),
-            config=cfg, implementation=static.implementation)
-    else:
-        if cfg.warp_specialize:
-            # attn_bwd_dq spills at the wide key tiles of the warp-specialized
-            # kernel (64x128 with 4 warps at D=128); it gets 64 keys.
-            cfg = dataclasses.replace(cfg, block_n=min(cfg.block_n, 64), warp_specialize=False)
-        # Its programs also compute delta, which dK/dV reads.
-        spec = static.mask.spec(cfg.block_m, cfg.block_n, s).with_arrays(arrays)
-        dq, delta = _launch.launch(
-            attn_bwd_dq, grid=(triton.cdiv(t, cfg.block_m), b * n),
-            args=[q, k, v, out, dout, lse, dlse.astype(jnp.float32), q_lens, kv_lens, *mask_operands,
-                  static.sm_scale],
-            out_shapes=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, n, t), jnp.float32)],
-            constexprs=dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=_split_full(spec),
-                            **spec.constexprs()),
-            config=cfg, implementation=static.implementation)
+    spec = static.mask.spec(cfg.block_m, cfg.block_n, s).with_arrays(arrays)
+    dq, delta = _launch.launch(
+        attn_bwd_dq, grid=(triton.cdiv(t, cfg.block_m), b * n),
+        args=[q, k, v, out, dout, lse, dlse.astype(jnp.float32), q_lens, kv_lens, *mask_operands,
+              static.sm_scale],
+        out_shapes=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, n, t), jnp.float32)],
+        constexprs=dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=_split_full(spec),
+                        **spec.constexprs()),
+        config=cfg, implementation=static.implementation)
     cfg = static.config.bwd_dkdv
-    warp_specialize = _warp_specialize(static, cfg, geo, q, arrays, backward=True)
+    warp_specialize = _warp_specialize(static, cfg, geo, q, arrays, dkdv=True)
     if cfg.warp_specialize and not warp_specialize:
         # attn_bwd_dkdv spills at the 64x128 tile the warp-specialized kernel
         # takes at D=128 (two 128-key float32 accumulators in 4 warps); it

@@ -184,29 +184,3 @@ def test_warp_specialized_dkdv_is_warp_specialized_for_sm90(mask, layout):
     assert "ttg.warp_specialize" in compiled.asm["ttgir"]
     assert compiled.metadata.num_warps > ws.num_warps
     assert 0 < compiled.metadata.shared <= H100_MAX_SHARED
-
-
-@pytest.mark.parametrize("layout", ["BTNH", "BNTH"])
-@pytest.mark.parametrize("mask", BUILTIN_MASKS, ids=repr)
-def test_warp_specialized_dq_is_warp_specialized_for_sm90(mask, layout):
-    """``attn_bwd_dq_ws`` at 64 x 128 (D=128, GQA): Triton warp-specializes
-    its loop, the build fits the shared memory, and ``attn_bwd_delta``
-    (which writes its delta) builds too."""
-    ws = KernelConfig(64, 128, 4, 2, warp_specialize=True)
-    config = AttentionConfig(fwd=KernelConfig(64, 64, 4, 2), bwd_dkdv=KernelConfig(64, 64, 4, 2), bwd_dq=ws)
-    q = jax.ShapeDtypeStruct(layout_shape(layout, 2, 256, 4, 128), jnp.bfloat16)
-    kv = jax.ShapeDtypeStruct(layout_shape(layout, 2, 256, 2, 128), jnp.bfloat16)
-
-    def loss(q, k, v):
-        out = chill_jax.attention(q, k, v, mask, layout=layout, config=config, implementation="interpret")
-        return jnp.sum(out.astype(jnp.float32))
-
-    jax.clear_caches()  # record_launches sees only launches traced anew
-    launches = {launch[0].fn.__name__: launch
-                for launch in compile_check.record_launches(jax.grad(loss, argnums=(0, 1, 2)), q, kv, kv)}
-    assert "attn_bwd_dq" not in launches
-    compiled = compile_check.compile_launch(launches["attn_bwd_dq_ws"])
-    assert "ttg.warp_specialize" in compiled.asm["ttgir"]
-    assert compiled.metadata.num_warps > ws.num_warps
-    assert 0 < compiled.metadata.shared <= H100_MAX_SHARED
-    assert compile_check.compile_launch(launches["attn_bwd_delta"]).metadata.num_warps == 4
