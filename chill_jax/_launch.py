@@ -117,6 +117,16 @@ def can_warp_specialize(implementation: str) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
+def multiprocessors(implementation: str) -> int | None:
+    """The streaming-multiprocessor count of the GPU that ``implementation``
+    launches on (JAX's first GPU), or None (the interpreter, or unknown)."""
+    if implementation != "triton" or not cuda_available():
+        return None
+    count = getattr(jax.devices("gpu")[0], "core_count", None)
+    return count if isinstance(count, int) and count > 0 else None
+
+
+@functools.lru_cache(maxsize=None)
 def cuda_available() -> bool:
     """Whether the default JAX backend is a CUDA GPU."""
     try:

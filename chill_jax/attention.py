@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import triton
 
 from chill_jax import _autotune, _launch, _sharding, _xla
-from chill_jax.configs import AttentionConfig
-from chill_jax.kernels import attn_bwd_dkdv, attn_bwd_dkdv_ws, attn_bwd_dq, attn_fwd, attn_fwd_ws
+from chill_jax.configs import AttentionConfig, KernelConfig
+from chill_jax.kernels import attn_bwd_dkdv, attn_bwd_dkdv_ws, attn_bwd_dq, attn_fwd, attn_fwd_combine, attn_fwd_ws
 from chill_jax.kernels import MAX_MASK_ARRAYS
 from chill_jax.masks import ChillMask, FullChillMask, batched_arrays, split_arrays
 
@@ -23,6 +23,10 @@ IMPLEMENTATIONS = ("triton", "interpret", "xla")
 _DTYPES = (jnp.float16, jnp.bfloat16, jnp.float32)
 _PRECISIONS = ("ieee", "tf32", "tf32x3")
 MAX_HEAD_DIM = 256
+_MAX_AUTO_SPLITS = 32
+# attn_fwd_combine's tile and launch (memory-bound).
+_COMBINE_BLOCK_M = 32
+_COMBINE_CONFIG = KernelConfig(block_m=_COMBINE_BLOCK_M, block_n=16, num_warps=4, num_stages=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,26 +93,66 @@ def _mask_operands(arrays: tuple) -> list:
 
 def _forward(static: _Static, q, k, v, q_lens, kv_lens, arrays=()):
     geo = _geometry(static, q, k, v)
-    b, t, n = q.shape[0], geo["Q_LEN"], geo["NUM_HEADS"]
+    b, t, n, d = q.shape[0], geo["Q_LEN"], geo["NUM_HEADS"], geo["HEAD_DIM"]
     cfg = static.config.fwd
     warp_specialize = _warp_specialize(static, cfg, geo, q, arrays)
     if cfg.warp_specialize and not warp_specialize:
         # attn_fwd spills at the wide key tiles that warp specialization
         # likes (128x128 with 4 warps at D=128); it gets 64 keys instead.
         cfg = dataclasses.replace(cfg, block_n=min(cfg.block_n, 64), warp_specialize=False)
+    splits = kv_splits(cfg, triton.cdiv(t, cfg.block_m) * b * n, triton.cdiv(geo["KV_LEN"], cfg.block_n),
+                       _launch.multiprocessors(static.implementation))
     spec = static.mask.spec(cfg.block_m, cfg.block_n, geo["KV_LEN"]).with_arrays(arrays)
     constexprs = dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=_split_full(spec),
-                      **spec.constexprs())
+                      KV_SPLITS=splits, **spec.constexprs())
     kernel = attn_fwd
     if warp_specialize:
         kernel = attn_fwd_ws
         constexprs["UNMASKED"] = isinstance(static.mask, FullChillMask)
+    grid = (triton.cdiv(t, cfg.block_m), b * n)
+    out_shapes = [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, n, t), jnp.float32)]
+    if splits > 1:
+        grid += (splits,)
+        out_shapes = [jax.ShapeDtypeStruct((splits, b, n, t, d), jnp.float32),
+                      jax.ShapeDtypeStruct((splits, b, n, t), jnp.float32)]
     out, lse = _launch.launch(
-        kernel, grid=(triton.cdiv(t, cfg.block_m), b * n),
-        args=[q, k, v, q_lens, kv_lens, *_mask_operands(arrays), static.sm_scale],
-        out_shapes=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, n, t), jnp.float32)],
-        constexprs=constexprs, config=cfg, implementation=static.implementation)
+        kernel, grid=grid, args=[q, k, v, q_lens, kv_lens, *_mask_operands(arrays), static.sm_scale],
+        out_shapes=out_shapes, constexprs=constexprs, config=cfg, implementation=static.implementation)
+    if splits > 1:
+        out, lse = _launch.launch(
+            attn_fwd_combine, grid=(triton.cdiv(t, _COMBINE_BLOCK_M), b * n), args=[out, lse],
+            out_shapes=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, n, t), jnp.float32)],
+            constexprs=dict(SQB=geo["SQB"], SQT=geo["SQT"], SQH=geo["SQH"], NUM_HEADS=n, Q_LEN=t, HEAD_DIM=d,
+                            BLOCK_D=geo["BLOCK_D"], BLOCK_M=_COMBINE_BLOCK_M, KV_SPLITS=splits),
+            config=_COMBINE_CONFIG, implementation=static.implementation)
     return out, lse
+
+
+def kv_splits(cfg: KernelConfig, programs: int, key_tiles: int, multiprocessors: int | None) -> int:
+    """How many parts the forward splits each query tile's keys into.
+
+    ``cfg.kv_splits`` when set (at most one part per key tile). Otherwise
+    (0, automatic) the split fills a GPU that ``programs`` query tiles
+    would leave partly idle: none when they already fill a wave of
+    ``multiprocessors`` programs (one per multiprocessor) to at least 80%,
+    or when the multiprocessor count is unknown (the interpreter);
+    otherwise the fewest parts, at most 32 and leaving at least 4 key tiles
+    per part, whose waves are filled within 90% of the best of those
+    counts. A split costs float32 partial results and a launch to merge
+    them (``attn_fwd_combine``).
+    """
+    if cfg.kv_splits:
+        return max(1, min(cfg.kv_splits, key_tiles))
+    if not multiprocessors or programs >= 0.8 * multiprocessors:
+        return 1
+    limit = max(1, min(_MAX_AUTO_SPLITS, key_tiles // 4))
+
+    def filled(parts: int) -> float:
+        waves = programs * parts / multiprocessors
+        return waves / math.ceil(waves)
+
+    best = max(filled(parts) for parts in range(1, limit + 1))
+    return next(parts for parts in range(1, limit + 1) if filled(parts) >= 0.9 * best)
 
 
 def _warp_specialize(static: _Static, cfg, geo: dict[str, Any], q, arrays, *, dkdv: bool = False) -> bool:

@@ -34,7 +34,7 @@ BLOCK_DS = (16, 32, 64, 128, 256)
 WILDCARD = "*"
 FALLBACK_TABLE = "default"
 _KERNEL_FIELDS = ("block_m", "block_n", "num_warps", "num_stages")
-_OPTIONAL_KERNEL_FIELDS = ("warp_specialize",)
+_OPTIONAL_KERNEL_FIELDS = ("warp_specialize", "kv_splits")
 _ENTRY_FIELDS = ("block_d", "dtype", "mask", *PASSES)
 
 
@@ -63,6 +63,11 @@ class KernelConfig:
         it runs ``attn_bwd_dkdv`` with at most 32x64 tiles and 3 stages.
         The interpreter runs both kernels too (without warp
         specialization), so the CPU tests check them.
+      kv_splits: forward only (ignored for the backward): split each query
+        tile's key tiles into this many parts run by separate programs,
+        whose partial results a second launch merges. 0 (the default)
+        decides per call: splits only when the query tiles are too few to
+        fill the GPU (``attention.kv_splits``); 1 never splits.
     """
 
     block_m: int = 64
@@ -70,6 +75,7 @@ class KernelConfig:
     num_warps: int = 4
     num_stages: int = 2
     warp_specialize: bool = False
+    kv_splits: int = 0
 
     def __post_init__(self):
         for name in ("block_m", "block_n"):
@@ -82,6 +88,8 @@ class KernelConfig:
             raise ValueError(f"KernelConfig.num_stages must be a positive int, got {self.num_stages!r}")
         if not isinstance(self.warp_specialize, bool):
             raise ValueError(f"KernelConfig.warp_specialize must be a bool, got {self.warp_specialize!r}")
+        if isinstance(self.kv_splits, bool) or not isinstance(self.kv_splits, int) or not 0 <= self.kv_splits <= 64:
+            raise ValueError(f"KernelConfig.kv_splits must be an int from 0 (automatic) to 64, got {self.kv_splits!r}")
         if self.warp_specialize and self.num_stages != 2:
             raise ValueError("KernelConfig.warp_specialize needs num_stages == 2 (Triton 3.6's warp-specialized "
                              f"Hopper builds gave NaNs at 3 stages), got num_stages={self.num_stages}")
@@ -92,6 +100,8 @@ class KernelConfig:
         data: dict[str, int | bool] = {name: getattr(self, name) for name in _KERNEL_FIELDS}
         if self.warp_specialize:
             data["warp_specialize"] = True
+        if self.kv_splits:
+            data["kv_splits"] = self.kv_splits
         return data
 
 
@@ -138,9 +148,10 @@ def kernel_config_from_dict(data: Any, where: str) -> KernelConfig:
     for name in _KERNEL_FIELDS:
         if isinstance(data[name], bool) or not isinstance(data[name], int):
             raise ValueError(f"{where}.{name}: expected an int, got {data[name]!r}")
-    for name in _OPTIONAL_KERNEL_FIELDS:
-        if name in data and not isinstance(data[name], bool):
-            raise ValueError(f"{where}.{name}: expected true or false, got {data[name]!r}")
+    if "warp_specialize" in data and not isinstance(data["warp_specialize"], bool):
+        raise ValueError(f"{where}.warp_specialize: expected true or false, got {data['warp_specialize']!r}")
+    if "kv_splits" in data and (isinstance(data["kv_splits"], bool) or not isinstance(data["kv_splits"], int)):
+        raise ValueError(f"{where}.kv_splits: expected an int, got {data['kv_splits']!r}")
     try:
         return KernelConfig(**{name: data[name] for name in (*_KERNEL_FIELDS, *_OPTIONAL_KERNEL_FIELDS)
                                if name in data})

@@ -1,11 +1,12 @@
 # Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
 """Forward flash-attention kernels with an inlined, tile-skipping mask: ``attn_fwd``
-(pointer loads) and ``attn_fwd_ws`` (tensor descriptors, warp-specialized)."""
+(pointer loads) and ``attn_fwd_ws`` (tensor descriptors, warp-specialized), and
+``attn_fwd_combine``, which merges their key splits."""
 
 import triton
 import triton.language as tl
 
-from .tiles import live_key_tiles, load_tile, mask_args, mask_tile, seq_descriptor, seq_origin
+from .tiles import live_key_tiles, load_tile, mask_args, mask_tile, seq_descriptor, seq_origin, split_key_tiles
 
 
 @triton.jit
@@ -76,6 +77,23 @@ def _store_out_lse(acc, l_i, m_i, offs_m, offs_d, q_len, Out, Lse, b, h, pid_bh,
 
 
 @triton.jit
+def _store_result(acc, l_i, m_i, offs_m, offs_d, q_len, Out, Lse, b, h, pid_bh, SQB: tl.constexpr,
+                  SQT: tl.constexpr, SQH: tl.constexpr, NUM_HEADS: tl.constexpr, Q_LEN: tl.constexpr,
+                  HEAD_DIM: tl.constexpr, KV_SPLITS: tl.constexpr):
+    """``_store_out_lse`` into Out and Lse, or with ``KV_SPLITS > 1`` into
+    this program's key split of the partial results (Out float32
+    ``[KV_SPLITS, B, N, Q_LEN, HEAD_DIM]``, Lse ``[KV_SPLITS, B, N,
+    Q_LEN]``; ``attn_fwd_combine`` merges them)."""
+    if KV_SPLITS > 1:
+        part = tl.program_id(2).to(tl.int64) * tl.num_programs(1) * Q_LEN
+        _store_out_lse(acc, l_i, m_i, offs_m, offs_d, q_len, Out + part * HEAD_DIM, Lse + part, b, h, pid_bh,
+                       NUM_HEADS * Q_LEN * HEAD_DIM, HEAD_DIM, Q_LEN * HEAD_DIM, Q_LEN, HEAD_DIM)
+    else:
+        _store_out_lse(acc, l_i, m_i, offs_m, offs_d, q_len, Out, Lse, b, h, pid_bh, SQB, SQT, SQH, Q_LEN,
+                       HEAD_DIM)
+
+
+@triton.jit
 def attn_fwd(
     Q, K, V, QLens, KVLens, M0, M1, M2, M3, sm_scale,
     Out, Lse,
@@ -98,14 +116,18 @@ def attn_fwd(
     A12: tl.constexpr, A13: tl.constexpr, A14: tl.constexpr, A15: tl.constexpr,
     PACK_ARRAYS: tl.constexpr,
     MS0: tl.constexpr, MS1: tl.constexpr, MS2: tl.constexpr, MS3: tl.constexpr,
+    KV_SPLITS: tl.constexpr,
 ):
-    """One program computes one query tile of one (batch, head).
+    """One program computes one query tile of one (batch, head), or with
+    ``KV_SPLITS > 1`` one of that many parts of its key tiles.
 
     Shapes: Q/Out ``[B, Q_LEN, N, D]`` or ``[B, N, Q_LEN, D]`` (by strides),
     K/V likewise with ``KV_LEN`` and ``N // GROUP`` heads, QLens/KVLens int32
     ``[B]``, M0..M3 the mask's arrays (see ``tiles.mask_args``), Lse float32
     ``[B, N, Q_LEN]`` (natural log; ``-inf`` for rows with no allowed key or
-    at/after the query length). Grid: ``(cdiv(Q_LEN, BLOCK_M), B * N)``.
+    at/after the query length). Grid: ``(cdiv(Q_LEN, BLOCK_M), B * N)``, or
+    ``(cdiv(Q_LEN, BLOCK_M), B * N, KV_SPLITS)`` with key splits, which
+    write partial results instead (see ``_store_result``).
 
     The key tiles in the mask's range hull are visited in two loops when
     ``SPLIT_FULL``: first the tiles before and after the first run of full
@@ -153,6 +175,9 @@ def attn_fwd(
     first, end, full_lo, full_hi = live_key_tiles(live, start_m, q_len, kv_len, K_RANGE_FN,
                                                   K_CONTINUOUS, FULL_FN, SPLIT_FULL, BLOCK_M,
                                                   BLOCK_N, ARGS)
+    if KV_SPLITS > 1:
+        first, end, full_lo, full_hi = split_key_tiles(first, end, full_lo, full_hi, tl.program_id(2),
+                                                       KV_SPLITS, BLOCK_N)
     # The tiles around the full run, with the mask; then the run, without.
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, first, end, full_lo, full_hi,
                                offs_m, kv_len, logit_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N,
@@ -162,8 +187,8 @@ def attn_fwd(
                                    full_hi, offs_m, kv_len, logit_scale, SKT, SVT, HEAD_DIM,
                                    BLOCK_D, BLOCK_N, PRECISION, False, MASK_FN, MASK_TAKES_LEN, ARGS)
 
-    _store_out_lse(acc, l_i, m_i, offs_m, offs_d, q_len, Out, Lse, b, h, pid_bh, SQB, SQT, SQH, Q_LEN,
-                   HEAD_DIM)
+    _store_result(acc, l_i, m_i, offs_m, offs_d, q_len, Out, Lse, b, h, pid_bh, SQB, SQT, SQH, NUM_HEADS,
+                  Q_LEN, HEAD_DIM, KV_SPLITS)
 
 
 @triton.jit
@@ -187,7 +212,7 @@ def attn_fwd_ws(
     A12: tl.constexpr, A13: tl.constexpr, A14: tl.constexpr, A15: tl.constexpr,
     PACK_ARRAYS: tl.constexpr,
     MS0: tl.constexpr, MS1: tl.constexpr, MS2: tl.constexpr, MS3: tl.constexpr,
-    UNMASKED: tl.constexpr,
+    KV_SPLITS: tl.constexpr, UNMASKED: tl.constexpr,
 ):
     """``attn_fwd`` with Q, K and V read through tensor descriptors (TMA) in
     one warp-specialized key loop: Triton adds producer warps that issue the
@@ -241,6 +266,8 @@ def attn_fwd_ws(
     # The mask's range hull only (SPLIT_FULL off: no full-tile run).
     first, end, _, _ = live_key_tiles(start_m < q_len, start_m, q_len, kv_len, K_RANGE_FN, K_CONTINUOUS,
                                       FULL_FN, False, BLOCK_M, BLOCK_N, ARGS)
+    if KV_SPLITS > 1:
+        first, end, _, _ = split_key_tiles(first, end, end, end, tl.program_id(2), KV_SPLITS, BLOCK_N)
     for start_n in tl.range(first, end, BLOCK_N, warp_specialize=True):
         k = k_desc.load([k_row + start_n, k_col])
         qk = tl.dot(q, k.T, input_precision=PRECISION)
@@ -263,5 +290,51 @@ def attn_fwd_ws(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
 
-    _store_out_lse(acc, l_i, m_i, offs_m, offs_d, q_len, Out, Lse, b, h, pid_bh, SQB, SQT, SQH, Q_LEN,
-                   HEAD_DIM)
+    _store_result(acc, l_i, m_i, offs_m, offs_d, q_len, Out, Lse, b, h, pid_bh, SQB, SQT, SQH, NUM_HEADS,
+                  Q_LEN, HEAD_DIM, KV_SPLITS)
+
+
+@triton.jit
+def attn_fwd_combine(
+    OutPart, LsePart, Out, Lse,
+    SQB: tl.constexpr, SQT: tl.constexpr, SQH: tl.constexpr,
+    NUM_HEADS: tl.constexpr, Q_LEN: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, KV_SPLITS: tl.constexpr,
+):
+    """Merges the key splits of a forward launch: one program per query tile
+    of one (batch, head).
+
+    OutPart float32 ``[KV_SPLITS, B, N, Q_LEN, HEAD_DIM]`` holds each split's
+    normalized output and LsePart ``[KV_SPLITS, B, N, Q_LEN]`` its natural-log
+    LSE (``-inf`` where the split has no allowed key). Writes Out (the
+    layout of Q, by the strides) and Lse ``[B, N, Q_LEN]``: the LSE-weighted
+    mean of the splits and the LSE of their union; rows with no allowed key
+    in any split get 0 and ``-inf``. Grid: ``(cdiv(Q_LEN, BLOCK_M), B * N)``.
+    """
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // NUM_HEADS
+    h = pid_bh % NUM_HEADS
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < Q_LEN
+    ok = m_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
+    split_rows = tl.num_programs(1).to(tl.int64) * Q_LEN
+    rows = pid_bh.to(tl.int64) * Q_LEN + offs_m
+    lse_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    for s in tl.static_range(KV_SPLITS):
+        lse_max = tl.maximum(lse_max, tl.load(LsePart + s * split_rows + rows, mask=m_ok, other=float("-inf")))
+    shift = tl.where(lse_max == float("-inf"), 0.0, lse_max)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    weight = tl.zeros([BLOCK_M], tl.float32)
+    for s in tl.static_range(KV_SPLITS):
+        w = tl.exp(tl.load(LsePart + s * split_rows + rows, mask=m_ok, other=float("-inf")) - shift)
+        part = tl.load(OutPart + (s * split_rows + rows)[:, None] * HEAD_DIM + offs_d[None, :], mask=ok, other=0.0)
+        acc += w[:, None] * part
+        weight += w
+    row_ok = weight > 0.0
+    out = tl.where(row_ok[:, None], acc / tl.where(row_ok, weight, 1.0)[:, None], 0.0)
+    lse = tl.where(row_ok, shift + tl.log(tl.where(row_ok, weight, 1.0)), float("-inf"))
+    o_base = Out + b.to(tl.int64) * SQB + h.to(tl.int64) * SQH
+    tl.store(o_base + offs_m[:, None] * SQT + offs_d[None, :], out.to(Out.dtype.element_ty), mask=ok)
+    tl.store(Lse + rows, lse, mask=m_ok)

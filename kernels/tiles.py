@@ -354,6 +354,30 @@ def live_key_tiles(live, start_m, q_len, kv_len, K_RANGE_FN: tl.constexpr,
 
 
 @triton.jit
+def split_key_tiles(first, end, full_lo, full_hi, split, SPLITS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The part ``split`` of ``SPLITS`` of a query tile's key tiles (the
+    forward's key splits, for launches with fewer query tiles than the GPU
+    has multiprocessors).
+
+    Args:
+      first, end: the tiles ``first, first + BLOCK_N, ... < end``
+        (``live_key_tiles``).
+      full_lo, full_hi: the run of full tiles within them.
+      split: which part, ``0 <= split < SPLITS``.
+
+    Returns:
+      ``(first, end, full_lo, full_hi)`` of the part: consecutive tiles,
+      ``cdiv(tiles, SPLITS)`` of them (fewer in the last parts, none past
+      the end), with the full run cut to it. Every tile is in exactly one
+      part.
+    """
+    per = tl.cdiv(tl.cdiv(end - first, BLOCK_N), SPLITS) * BLOCK_N
+    lo = tl.minimum(first + split * per, end)
+    hi = tl.minimum(lo + per, end)
+    return (lo, hi, tl.minimum(tl.maximum(full_lo, lo), hi), tl.minimum(tl.maximum(full_hi, lo), hi))
+
+
+@triton.jit
 def seq_descriptor(X, batch, HEADS: tl.constexpr, LEN: tl.constexpr, ST: tl.constexpr, SH: tl.constexpr,
                    HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
     """A two-dimensional tensor descriptor over all of ``X`` (``[B, LEN,

@@ -61,6 +61,15 @@ def cases():
            dict(config=ws_dkdv))
     yield ("ws_dkdv_window_d64_t128_s384", chill_jax.SlidingWindowChillMask(40, 70), jnp.bfloat16, 1, 128, 384,
            2, 1, 64, None, dict(config=ws_dkdv))
+    # Key splits (attn_fwd / attn_fwd_ws writing partial results, then
+    # attn_fwd_combine): explicit, with lengths, and automatic (few query
+    # tiles, many key tiles), warp-specialized.
+    split3 = chill_jax.AttentionConfig(fwd=chill_jax.KernelConfig(64, 64, 4, 2, kv_splits=3),
+                                       bwd_dkdv=chill_jax.KernelConfig(64, 64, 4, 2),
+                                       bwd_dq=chill_jax.KernelConfig(64, 64, 4, 2))
+    yield ("split3_window_d64_t100_s700", chill_jax.SlidingWindowChillMask(300, 200), jnp.bfloat16, 2, 100, 700,
+           2, 1, 64, [100, 37], dict(config=split3))
+    yield "split_auto_full_d128_t64_s4096", chill_jax.FullChillMask(), jnp.bfloat16, 1, 64, 4096, 2, 2, 128, None, {}
     # prescale_qk with float16 once gave nondeterministic dK (a scaled query
     # copy inside the dK/dV loop; see benchmarks/NOTES.md). The scaled query
     # is rounded to float16, so lse gets float16's tolerance.
