@@ -136,6 +136,8 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="smoke-test shapes (CPU)")
     parser.add_argument("--long", action="store_true", help="also run B=1,N=8,T=131072,D=128 sliding window")
     parser.add_argument("--packed", action="store_true", help="also run packed documents (8 x 512 per row)")
+    parser.add_argument("--small", action="store_true",
+                        help="also run small grids: batch 1, a few query tiles against many keys (full mask)")
     args = parser.parse_args()
     home = os.environ.get("HOME", "")
     if not os.environ.get("TRITON_CACHE_DIR") and not (home and os.access(home, os.W_OK)):
@@ -229,8 +231,65 @@ def main() -> int:
                 emit(**base, ms="", tflops="", note=(type(e).__name__ + ": " + str(e).splitlines()[0])[:160])
     if args.packed:
         run_packed(emit, rng, args.reps)
+    if args.small:
+        run_small(emit, rng, args.reps, args.impls)
     out.close()
     return 0
+
+
+SMALL_SHAPES = ((1, 1024, 32768, 8, 128), (1, 512, 16384, 16, 64))  # B, T (queries), S (keys), N, D
+
+
+def run_small(emit, rng, reps: int, impls: list[str]) -> None:
+    """Small grids, where the forward's query tiles alone leave most of the
+    GPU idle (``KernelConfig.kv_splits``): batch 1, full attention of T
+    queries to S keys (a prompt chunk against a long context), bf16. Rows
+    are named ``full_cross_kv<S>``; effective TFLOP/s = 4·B·N·T·S·D / time
+    (x3.5 for forward+backward)."""
+    for b, t, s, n, d in SMALL_SHAPES:
+        q, do = (jnp.asarray(rng.standard_normal((b, t, n, d), np.float32), jnp.bfloat16) for _ in range(2))
+        k, v = (jnp.asarray(rng.standard_normal((b, s, n, d), np.float32), jnp.bfloat16) for _ in range(2))
+        flops = 4.0 * b * n * t * s * d
+        fns = {"chill_jax": lambda q, k, v: cj.attention(q, k, v),
+               "cudnn": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="cudnn")}
+        for impl in ("chill_jax", "cudnn", "flex"):
+            if impl not in impls:
+                continue
+            for pas in ("fwd", "fwd+bwd"):
+                base = dict(impl=impl, mask=f"full_cross_kv{s}", B=b, T=t, N=n, D=d, dtype="bf16", **{"pass": pas})
+                try:
+                    if impl == "flex":
+                        try:
+                            import torch
+                            from torch.nn.attention.flex_attention import flex_attention
+                        except ImportError:
+                            continue
+                        compiled = torch.compile(flex_attention)
+                        tq, tk, tv, tdo = (torch.from_numpy(np.asarray(x.astype(jnp.float32))).cuda()
+                                           .to(torch.bfloat16).transpose(1, 2).contiguous() for x in (q, k, v, do))
+                        if pas == "fwd":
+                            ms = time_torch(torch, lambda: compiled(tq, tk, tv), reps)
+                        else:
+                            for x in (tq, tk, tv):
+                                x.requires_grad_(True)
+
+                            def fb():
+                                torch.autograd.grad(compiled(tq, tk, tv), (tq, tk, tv), tdo)
+
+                            ms = time_torch(torch, fb, reps)
+                        del tq, tk, tv, tdo
+                        torch.cuda.empty_cache()
+                    elif pas == "fwd":
+                        ms = time_jax(jax.jit(fns[impl]), (q, k, v), reps)
+                    else:
+                        def fb(q, k, v, do, fn=fns[impl]):
+                            return jax.vjp(fn, q, k, v)[1](do)
+
+                        ms = time_jax(jax.jit(fb), (q, k, v, do), reps)
+                    mult = 1.0 if pas == "fwd" else 3.5
+                    emit(**base, ms=f"{ms:.4f}", tflops=f"{mult * flops / ms / 1e9:.1f}", note=f"{s} keys")
+                except Exception as e:
+                    emit(**base, ms="", tflops="", note=(type(e).__name__ + ": " + str(e).splitlines()[0])[:160])
 
 
 def run_packed(emit, rng, reps: int) -> None:

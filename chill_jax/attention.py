@@ -100,8 +100,10 @@ def _forward(static: _Static, q, k, v, q_lens, kv_lens, arrays=()):
         # attn_fwd spills at the wide key tiles that warp specialization
         # likes (128x128 with 4 warps at D=128); it gets 64 keys instead.
         cfg = dataclasses.replace(cfg, block_n=min(cfg.block_n, 64), warp_specialize=False)
-    splits = kv_splits(cfg, triton.cdiv(t, cfg.block_m) * b * n, triton.cdiv(geo["KV_LEN"], cfg.block_n),
-                       _launch.multiprocessors(static.implementation))
+    multiprocessors = _launch.multiprocessors(static.implementation)
+    slots = multiprocessors and multiprocessors * _programs_per_multiprocessor(
+        cfg, warp_specialize, geo["BLOCK_D"], q.dtype.itemsize)
+    splits = kv_splits(cfg, triton.cdiv(t, cfg.block_m) * b * n, triton.cdiv(geo["KV_LEN"], cfg.block_n), slots)
     spec = static.mask.spec(cfg.block_m, cfg.block_n, geo["KV_LEN"]).with_arrays(arrays)
     constexprs = dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=_split_full(spec),
                       KV_SPLITS=splits, **spec.constexprs())
@@ -128,27 +130,40 @@ def _forward(static: _Static, q, k, v, q_lens, kv_lens, arrays=()):
     return out, lse
 
 
-def kv_splits(cfg: KernelConfig, programs: int, key_tiles: int, multiprocessors: int | None) -> int:
+def _programs_per_multiprocessor(cfg: KernelConfig, warp_specialize: bool, block_d: int, itemsize: int) -> int:
+    """An estimate of how many forward programs run at once on one
+    multiprocessor: one warp-specialized program (its 12 warps at 168
+    registers fill the register file; sm_90 builds), otherwise as many as
+    the registers (up to 255 per thread) and the shared memory (the query
+    tile and ``num_stages`` key and value tiles, within Hopper's 227 KB)
+    allow, at most 2."""
+    if warp_specialize:
+        return 1
+    by_registers = 65536 // (cfg.num_warps * 32 * 255)
+    shared = (cfg.block_m + 2 * cfg.num_stages * cfg.block_n) * block_d * itemsize
+    return max(1, min(2, by_registers, (227 * 1024) // shared))
+
+
+def kv_splits(cfg: KernelConfig, programs: int, key_tiles: int, slots: int | None) -> int:
     """How many parts the forward splits each query tile's keys into.
 
     ``cfg.kv_splits`` when set (at most one part per key tile). Otherwise
     (0, automatic) the split fills a GPU that ``programs`` query tiles
-    would leave partly idle: none when they already fill a wave of
-    ``multiprocessors`` programs (one per multiprocessor) to at least 80%,
-    or when the multiprocessor count is unknown (the interpreter);
-    otherwise the fewest parts, at most 32 and leaving at least 4 key tiles
-    per part, whose waves are filled within 90% of the best of those
-    counts. A split costs float32 partial results and a launch to merge
-    them (``attn_fwd_combine``).
+    would leave partly idle, where ``slots`` programs run at once (one wave):
+    none when they already fill one wave to at least 80%, or when ``slots``
+    is unknown (the interpreter); otherwise the fewest parts, at most 32
+    and leaving at least 4 key tiles per part, whose waves are filled within
+    90% of the best of those counts. A split costs float32 partial results
+    and a launch to merge them (``attn_fwd_combine``).
     """
     if cfg.kv_splits:
         return max(1, min(cfg.kv_splits, key_tiles))
-    if not multiprocessors or programs >= 0.8 * multiprocessors:
+    if not slots or programs >= 0.8 * slots:
         return 1
     limit = max(1, min(_MAX_AUTO_SPLITS, key_tiles // 4))
 
     def filled(parts: int) -> float:
-        waves = programs * parts / multiprocessors
+        waves = programs * parts / slots
         return waves / math.ceil(waves)
 
     best = max(filled(parts) for parts in range(1, limit + 1))

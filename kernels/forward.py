@@ -321,17 +321,23 @@ def attn_fwd_combine(
     ok = m_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
     split_rows = tl.num_programs(1).to(tl.int64) * Q_LEN
     rows = pid_bh.to(tl.int64) * Q_LEN + offs_m
+    # One pass with a running maximum, in a runtime loop (two passes
+    # unrolled over 32 splits took 0.24 ms where 2 took 0.05; H200).
     lse_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    for s in tl.static_range(KV_SPLITS):
-        lse_max = tl.maximum(lse_max, tl.load(LsePart + s * split_rows + rows, mask=m_ok, other=float("-inf")))
-    shift = tl.where(lse_max == float("-inf"), 0.0, lse_max)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     weight = tl.zeros([BLOCK_M], tl.float32)
-    for s in tl.static_range(KV_SPLITS):
-        w = tl.exp(tl.load(LsePart + s * split_rows + rows, mask=m_ok, other=float("-inf")) - shift)
+    for s in tl.range(0, KV_SPLITS):
+        lse_s = tl.load(LsePart + s * split_rows + rows, mask=m_ok, other=float("-inf"))
         part = tl.load(OutPart + (s * split_rows + rows)[:, None] * HEAD_DIM + offs_d[None, :], mask=ok, other=0.0)
-        acc += w[:, None] * part
-        weight += w
+        new_max = tl.maximum(lse_max, lse_s)
+        # Rows with no allowed key so far keep -inf; shift them by 0.
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+        old_scale = tl.exp(lse_max - shift)
+        w = tl.exp(lse_s - shift)
+        acc = acc * old_scale[:, None] + w[:, None] * part
+        weight = weight * old_scale + w
+        lse_max = new_max
+    shift = tl.where(lse_max == float("-inf"), 0.0, lse_max)
     row_ok = weight > 0.0
     out = tl.where(row_ok[:, None], acc / tl.where(row_ok, weight, 1.0)[:, None], 0.0)
     lse = tl.where(row_ok, shift + tl.log(tl.where(row_ok, weight, 1.0)), float("-inf"))

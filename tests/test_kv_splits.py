@@ -11,7 +11,7 @@ import pytest
 
 import chill_jax
 from chill_jax import AttentionConfig, KernelConfig, _launch
-from chill_jax.attention import kv_splits
+from chill_jax.attention import _programs_per_multiprocessor, kv_splits
 from chill_jax.configs import default_config, kernel_config_from_dict
 import compile_check
 from testing_utils import BUILTIN_MASKS, attention_and_grads, check_against_reference, normal, random_qkv
@@ -90,7 +90,7 @@ def test_one_split_and_the_interpreter_do_not_split(rng):
         assert [(name, consts["KV_SPLITS"]) for name, consts in launched] == [("attn_fwd", 1)]
 
 
-@pytest.mark.parametrize("programs, key_tiles, multiprocessors, expected", [
+@pytest.mark.parametrize("programs, key_tiles, slots, expected", [
     (4096, 128, 132, 1),   # many waves already
     (120, 128, 132, 1),    # one wave, 91% filled
     (64, 128, 132, 2),     # 2 x 64 = 128 of 132
@@ -98,10 +98,21 @@ def test_one_split_and_the_interpreter_do_not_split(rng):
     (1, 512, 132, 29),     # at most 32 parts: 29 within 90% of 32
     (8, 20, 132, 5),       # at least 4 key tiles per part
     (8, 3, 132, 1),        # too few key tiles to split
-    (64, 128, None, 1),    # multiprocessor count unknown
+    (64, 128, None, 1),    # slot count unknown
+    (64, 128, 264, 4),     # two programs per multiprocessor: 256 of 264
 ])
-def test_automatic_split_count(programs, key_tiles, multiprocessors, expected):
-    assert kv_splits(KernelConfig(), programs, key_tiles, multiprocessors) == expected
+def test_automatic_split_count(programs, key_tiles, slots, expected):
+    assert kv_splits(KernelConfig(), programs, key_tiles, slots) == expected
+
+
+@pytest.mark.parametrize("cfg, warp_specialize, block_d, expected", [
+    (KernelConfig(128, 128, 4, 2, warp_specialize=True), True, 128, 1),  # the Hopper D=128 forward
+    (KernelConfig(128, 128, 4, 3), False, 64, 2),   # the Hopper D=64 full forward: 112 KB
+    (KernelConfig(128, 64, 8, 3), False, 128, 1),   # 8 warps at 255 registers fill the register file
+    (KernelConfig(128, 128, 4, 3), False, 128, 1),  # 224 KB of shared memory
+])
+def test_programs_per_multiprocessor(cfg, warp_specialize, block_d, expected):
+    assert _programs_per_multiprocessor(cfg, warp_specialize, block_d, 2) == expected
 
 
 def test_automatic_split_fills_waves():
