@@ -3,6 +3,8 @@
 Hopper table's configurations (chill_jax/tuned/hopper.json) and fits the
 per-block shared memory, on the host without a GPU."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -184,3 +186,24 @@ def test_warp_specialized_dkdv_is_warp_specialized_for_sm90(mask, layout):
     assert "ttg.warp_specialize" in compiled.asm["ttgir"]
     assert compiled.metadata.num_warps > ws.num_warps
     assert 0 < compiled.metadata.shared <= H100_MAX_SHARED
+
+
+@pytest.mark.parametrize("mask", [chill_jax.FullChillMask(), chill_jax.CausalChillMask()], ids=repr)
+def test_key_split_forwards_compile_for_sm90(mask):
+    """The Hopper D=128 forward with its keys split (``attn_fwd_ws``, still
+    warp-specialized, writing partial results) and the merge
+    (``attn_fwd_combine``) build for sm_90."""
+    fwd = default_config("triton", 128, 2, mask, generation="hopper").fwd
+    config = AttentionConfig(fwd=dataclasses.replace(fwd, kv_splits=2), bwd_dkdv=KernelConfig(64, 64, 4, 2),
+                             bwd_dq=KernelConfig(64, 64, 4, 2))
+    q = jax.ShapeDtypeStruct((1, 256, 2, 128), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((1, 1024, 2, 128), jnp.bfloat16)
+    jax.clear_caches()  # record_launches sees only launches traced anew
+    launches = compile_check.record_launches(
+        lambda q, k, v: chill_jax.attention(q, k, v, mask, config=config, implementation="interpret"), q, kv, kv)
+    assert [launch[0].fn.__name__ for launch in launches] == ["attn_fwd_ws", "attn_fwd_combine"]
+    compiled = compile_check.compile_launch(launches[0])
+    assert "ttg.warp_specialize" in compiled.asm["ttgir"]
+    assert compiled.metadata.num_warps > fwd.num_warps
+    combine = compile_check.compile_launch(launches[1])
+    assert combine.metadata.num_warps == 4
