@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
                     if args.candidates is not None:
                         candidates = {step: tuple(c)[:args.candidates] for step, c in candidates.items()}
                     candidates = {step: c if step in args.steps else () for step, c in candidates.items()}
-                    best, measurements = _autotune.search(problem, base, candidates, repetitions=(2, args.reps))
+                    # The tables hold tiles; key splits are decided per call.
+                    best, measurements = _autotune.search(problem, base, candidates, kv_splits=(),
+                                                          repetitions=(2, args.reps))
                     for m in measurements:
                         kernel = getattr(m.config, m.step)
                         row = dict(shape=shape, dtype=dtype_name, mask=mask_name, step=m.step, **kernel.to_dict(),

@@ -10,7 +10,8 @@ random arrays of the problem's shapes, in a worker thread so that the
 caller's tracing context (``jit``, ``grad``, ``vmap``, ``shard_map``) never
 sees them: first the forward kernel by forward time, then the dK/dV kernel
 with the dQ kernel fixed, then the dQ kernel, both by forward + backward
-time. The winner goes to ``$CHILL_JAX_CACHE_DIR/autotune.json`` (default
+time. When the forward's winning tile leaves fewer than two waves of
+programs, its key-split counts are timed too, after its tile. The winner goes to ``$CHILL_JAX_CACHE_DIR/autotune.json`` (default
 ``~/.cache/chill_jax/autotune.json``, or a temporary directory when the home
 directory is not writable), written atomically; later calls, in this
 process or another, read it back without timing anything.
@@ -34,7 +35,9 @@ import jax
 import jax.numpy as jnp
 import triton
 
+from chill_jax import _launch
 from chill_jax.configs import (
+    AUTOTUNE_KV_SPLITS,
     PASSES,
     AttentionConfig,
     KernelConfig,
@@ -367,7 +370,25 @@ def _callables(problem: Problem, config: AttentionConfig) -> tuple[Callable, Cal
 
 
 def _label(step: str, k: KernelConfig) -> str:
-    return f"{step} {k.block_m}x{k.block_n} w{k.num_warps} s{k.num_stages}"
+    return (f"{step} {k.block_m}x{k.block_n} w{k.num_warps} s{k.num_stages}"
+            + (" ws" if k.warp_specialize else "") + (f" kv_splits={k.kv_splits}" if k.kv_splits else ""))
+
+
+# Multiprocessors assumed where the implementation has none (the
+# interpreter), so that the CPU tests take the key-split step too.
+_NOMINAL_MULTIPROCESSORS = 132
+
+
+def _split_candidates(problem: Problem, fwd: KernelConfig, counts: Sequence[int]) -> list[KernelConfig]:
+    """``fwd`` with each key-split count of ``counts`` (at most one part per
+    key tile, not its own count), when its query tiles make fewer than two
+    programs per multiprocessor; otherwise none."""
+    b, t, n, s, _, _ = problem.dims()
+    multiprocessors = _launch.multiprocessors(problem.implementation) or _NOMINAL_MULTIPROCESSORS
+    if triton.cdiv(t, fwd.block_m) * b * n >= 2 * multiprocessors:
+        return []
+    key_tiles = triton.cdiv(s, fwd.block_n)
+    return [dataclasses.replace(fwd, kv_splits=c) for c in counts if c <= key_tiles and c != fwd.kv_splits]
 
 
 class _Progress:
@@ -400,6 +421,13 @@ class _Progress:
         elif self._tty:
             self._write(f"\r{self._desc}: {self._done}/{self._total} {text}\033[K")
 
+    def grow(self, more: int) -> None:
+        """Adds ``more`` configurations to the total."""
+        self._total += more
+        if self._bar is not None:
+            self._bar.total = self._total
+            self._bar.refresh()
+
     def close(self, summary: str) -> None:
         if self._bar is not None:
             self._bar.close()
@@ -410,15 +438,18 @@ class _Progress:
 
 
 def search(problem: Problem, base: AttentionConfig,
-           candidates: dict[str, Sequence[KernelConfig]] | None = None, *, progress: bool = True,
+           candidates: dict[str, Sequence[KernelConfig]] | None = None, *, kv_splits: Sequence[int] | None = None,
+           progress: bool = True,
            repetitions: tuple[int, int] | None = None) -> tuple[AttentionConfig, list[Measurement]]:
     """Coordinate search over the candidates, starting from ``base``.
 
-    The forward candidates are timed by forward time; then, with the
-    forward's winner, the dK/dV candidates (dQ at ``base``) and the dQ
-    candidates (dK/dV at its winner) by forward + backward time. Each pass's
-    ``base`` configuration is always a candidate; a candidate that fails
-    (does not compile, e.g. too much shared memory) is skipped.
+    The forward candidates are timed by forward time, then the winner with
+    each key-split count when its query tiles make fewer than two programs
+    per multiprocessor (``_split_candidates``); then, with the forward's
+    winner, the dK/dV candidates (dQ at ``base``) and the dQ candidates
+    (dK/dV at its winner) by forward + backward time. Each pass's ``base``
+    configuration is always a candidate; a candidate that fails (does not
+    compile, e.g. too much shared memory) is skipped.
 
     Args:
       problem: what to time; the arrays are made here (random normal).
@@ -426,6 +457,8 @@ def search(problem: Problem, base: AttentionConfig,
         all fail.
       candidates: per-pass candidates; default
         :func:`chill_jax.configs.autotune_candidates`.
+      kv_splits: the forward's key-split counts to try; default
+        ``chill_jax.configs.AUTOTUNE_KV_SPLITS``.
       progress: show a progress bar on stderr.
       repetitions: (warm-up calls, timed calls) per candidate; default
         ``REPETITIONS[problem.implementation]``.
@@ -435,6 +468,8 @@ def search(problem: Problem, base: AttentionConfig,
     """
     if candidates is None:
         candidates = autotune_candidates(problem.block_d, problem.itemsize)
+    if kv_splits is None:
+        kv_splits = AUTOTUNE_KV_SPLITS
     lists = {step: list(dict.fromkeys([getattr(base, step), *candidates[step]])) for step in PASSES}
     warmup, reps = repetitions or REPETITIONS.get(problem.implementation, (1, 3))
     inputs = _random_inputs(problem)
@@ -461,6 +496,15 @@ def search(problem: Problem, base: AttentionConfig,
             ok = [m for m in results if not m.error]
             if ok:
                 best = min(ok, key=lambda m: m.ms).config
+            if step == "fwd" and ok:
+                split = _split_candidates(problem, best.fwd, kv_splits)
+                bar.grow(len(split))
+                for kernel in split:
+                    m = _measure(problem, dataclasses.replace(best, fwd=kernel), step, inputs, warmup, reps)
+                    measurements.append(m)
+                    ok.append(m)
+                    bar.step(f"{_label(step, kernel)}: " + (f"{m.ms:.3f} ms" if not m.error else "failed"))
+                best = min((m for m in ok if not m.error), key=lambda m: m.ms).config
         fwd = min((m.ms for m in measurements if m.step == "fwd" and not m.error), default=math.nan)
         both = min((m.ms for m in measurements if m.step != "fwd" and not m.error), default=math.nan)
         bar.close(", ".join(_label(p, getattr(best, p)) for p in PASSES)

@@ -459,6 +459,14 @@ AUTOTUNE_CANDIDATES: dict[int, dict[str, tuple[KernelConfig, ...]]] = {
 }
 
 
+# Key-split counts (KernelConfig.kv_splits) that autotune=True times for the
+# forward when its winning tile leaves fewer than two waves of programs: the
+# automatic count misses some of those (decoding with GQA ran 36% faster at
+# 4 splits than unsplit, where the automatic count does not split; H200,
+# benchmarks/NOTES.md, eighth session).
+AUTOTUNE_KV_SPLITS = (1, 2, 4, 8, 16)
+
+
 def autotune_candidates(block_d: int, itemsize: int) -> dict[str, tuple[KernelConfig, ...]]:
     """The configurations ``autotune=True`` times, per pass.
 

@@ -42,7 +42,8 @@ def cache_dir(tmp_path, monkeypatch):
 
 @pytest.fixture
 def timings(monkeypatch):
-    """Tiny candidate lists; returns a list that grows by one per timed candidate."""
+    """Tiny candidate lists and no key-split step (``test_key_split_step``
+    has it); returns a list that grows by one per timed candidate."""
     calls = []
     original = _autotune._time_call
 
@@ -52,6 +53,7 @@ def timings(monkeypatch):
 
     monkeypatch.setattr(_autotune, "_time_call", counting)
     monkeypatch.setattr(_autotune, "autotune_candidates", lambda block_d, itemsize: TINY_CANDIDATES)
+    monkeypatch.setattr(_autotune, "AUTOTUNE_KV_SPLITS", ())
     return calls
 
 
@@ -131,6 +133,29 @@ def test_failing_candidates_are_skipped(monkeypatch, rng, timings):
     failed = [m for m in measurements if m.error]
     assert [(m.step, m.config.fwd) for m in failed] == [("fwd", BASE.fwd)]
     assert failed[0].error == "RuntimeError: out of resource: shared memory"
+
+
+def test_key_split_step(rng, timings):
+    """A forward whose query tiles make fewer than two programs per
+    multiprocessor (the interpreter counts as 132) also times the winning
+    tile with each key-split count up to the key tiles; a long grid does
+    not. Whatever wins is launched and right."""
+    problem = _autotune.Problem("interpret", (1, 20, 1, 16), (1, 200, 1, 16), "float32", FullChillMask(),
+                                "BTNH", 0.25, "ieee")
+    best, measurements = _autotune.search(problem, BASE, TINY_CANDIDATES, kv_splits=(1, 2, 4, 8), progress=False)
+    forward = [m.config.fwd for m in measurements if m.step == "fwd"]
+    tiles = -(-200 // best.fwd.block_n)
+    assert forward[:2] == [BASE.fwd, SMALL]
+    assert [k.kv_splits for k in forward[2:]] == [c for c in (1, 2, 4, 8) if c <= tiles]
+    assert len({(k.block_m, k.block_n) for k in forward[2:]}) == 1
+    assert best.fwd in forward
+    q, k, v = random_qkv(rng, jnp.float32, batch=1, q_len=20, kv_len=200, heads=1, head_dim=16)
+    dout = normal(rng, q.shape, q.dtype)
+    result = attention_and_grads(q, k, v, dout=dout, config=best, implementation="interpret", sm_scale=0.25)
+    check_against_reference(result, q, k, v, dout=dout, sm_scale=0.25, implementation="interpret")
+    long = _autotune.Problem("interpret", (2, 64 * 140, 1, 16), (2, 64 * 140, 1, 16), "float32", FullChillMask(),
+                             "BTNH", 0.25, "ieee")
+    assert _autotune._split_candidates(long, BASE.fwd, (1, 2, 4)) == []
 
 
 def test_every_candidate_failing_keeps_the_default(monkeypatch, rng, cache_dir, timings):
