@@ -68,6 +68,8 @@ class KernelConfig:
         whose partial results a second launch merges. 0 (the default)
         decides per call: splits only when the query tiles are too few to
         fill the GPU (``attention.kv_splits``); 1 never splits.
+        ``autotune=True`` times explicit counts for such calls
+        (``AUTOTUNE_KV_SPLITS``).
     """
 
     block_m: int = 64
