@@ -11,7 +11,8 @@ caller's tracing context (``jit``, ``grad``, ``vmap``, ``shard_map``) never
 sees them: first the forward kernel by forward time, then the dK/dV kernel
 with the dQ kernel fixed, then the dQ kernel, both by forward + backward
 time. When the forward's winning tile leaves fewer than two waves of
-programs, its key-split counts are timed too, after its tile. The winner goes to ``$CHILL_JAX_CACHE_DIR/autotune.json`` (default
+programs, its key-split counts are timed too, after its tile. The winner
+goes to ``$CHILL_JAX_CACHE_DIR/autotune.json`` (default
 ``~/.cache/chill_jax/autotune.json``, or a temporary directory when the home
 directory is not writable), written atomically; later calls, in this
 process or another, read it back without timing anything.
