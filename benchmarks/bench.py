@@ -125,6 +125,35 @@ def time_torch(torch, fn, reps: int) -> float:
     return do_bench(fn, warmup=50, rep=max(100, reps * 10), return_mode="median")
 
 
+def time_jax_pass(fn, q, k, v, do, pas: str, reps: int) -> float:
+    """Median ms of the jitted ``fn(q, k, v)`` (``pas="fwd"``) or of its
+    forward + backward with output cotangent ``do``."""
+    if pas == "fwd":
+        return time_jax(jax.jit(fn), (q, k, v), reps)
+
+    def fb(q, k, v, do):
+        return jax.vjp(fn, q, k, v)[1](do)
+
+    return time_jax(jax.jit(fb), (q, k, v, do), reps)
+
+
+def time_flex_pass(torch, fn, q, k, v, do, pas: str, reps: int) -> float:
+    """Median ms of the torch callable ``fn(q, k, v)`` (FlexAttention, on
+    ``[B, N, T, D]`` bf16 CUDA copies of the ``[B, T, N, D]`` JAX arrays), or
+    of its forward + backward with output cotangent ``do``."""
+    tq, tk, tv, tdo = (torch.from_numpy(np.asarray(x.astype(jnp.float32))).cuda()
+                       .to(torch.bfloat16).transpose(1, 2).contiguous() for x in (q, k, v, do))
+    if pas == "fwd":
+        ms = time_torch(torch, lambda: fn(tq, tk, tv), reps)
+    else:
+        for x in (tq, tk, tv):
+            x.requires_grad_(True)
+        ms = time_torch(torch, lambda: torch.autograd.grad(fn(tq, tk, tv), (tq, tk, tv), tdo), reps)
+    del tq, tk, tv, tdo
+    torch.cuda.empty_cache()
+    return ms
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True)
@@ -173,35 +202,11 @@ def main() -> int:
                             made = flex_fns(mask_name, b, n, t)
                             if made is None:
                                 continue
-                            torch, fwd = made
-                            tq, tk, tv, tdo = (torch.from_numpy(np.asarray(x.astype(jnp.float32))).cuda()
-                                               .to(torch.bfloat16).transpose(1, 2).contiguous() for x in (*qkv, do))
-                            if pas == "fwd":
-                                ms = time_torch(torch, lambda: fwd(tq, tk, tv), args.reps)
-                            else:
-                                for x in (tq, tk, tv):
-                                    x.requires_grad_(True)
-
-                                def fb():
-                                    o = fwd(tq, tk, tv)
-                                    torch.autograd.grad(o, (tq, tk, tv), tdo)
-
-                                ms = time_torch(torch, fb, args.reps)
-                            del tq, tk, tv, tdo
-                            torch.cuda.empty_cache()
+                            ms = time_flex_pass(*made, *qkv, do, pas, args.reps)
                         else:
                             if impl not in impls:
                                 continue
-                            fn = impls[impl]
-                            if pas == "fwd":
-                                run = jax.jit(fn)
-                                ms = time_jax(run, qkv, args.reps)
-                            else:
-                                def fb(q, k, v, do, fn=fn):
-                                    o, vjp = jax.vjp(fn, q, k, v)
-                                    return vjp(do)
-
-                                ms = time_jax(jax.jit(fb), (*qkv, do), args.reps)
+                            ms = time_jax_pass(impls[impl], *qkv, do, pas, args.reps)
                         mult = 1.0 if pas == "fwd" else 3.5
                         emit(**base, ms=f"{ms:.4f}", tflops=f"{mult * flops / ms / 1e9:.1f}", note="")
                     except Exception as e:  # record refusals/OOM as rows
@@ -220,11 +225,7 @@ def main() -> int:
             base = dict(impl="chill_jax", mask="sliding_window_256_256", B=b, T=t, N=n, D=d, dtype="bf16",
                         **{"pass": pas})
             try:
-                if pas == "fwd":
-                    ms = time_jax(jax.jit(lambda q, k, v: cj.attention(q, k, v, mask)), (q, k, v), 5)
-                else:
-                    ms = time_jax(jax.jit(lambda q, k, v, do: jax.vjp(lambda q, k, v: cj.attention(q, k, v, mask),
-                                                                      q, k, v)[1](do)), (q, k, v, do), 5)
+                ms = time_jax_pass(lambda q, k, v: cj.attention(q, k, v, mask), q, k, v, do, pas, 5)
                 mult = 1.0 if pas == "fwd" else 3.5
                 emit(**base, ms=f"{ms:.4f}", tflops=f"{mult * flops / ms / 1e9:.1f}", note="memory linear in T")
             except Exception as e:
@@ -264,28 +265,9 @@ def run_small(emit, rng, reps: int, impls: list[str]) -> None:
                             from torch.nn.attention.flex_attention import flex_attention
                         except ImportError:
                             continue
-                        compiled = torch.compile(flex_attention)
-                        tq, tk, tv, tdo = (torch.from_numpy(np.asarray(x.astype(jnp.float32))).cuda()
-                                           .to(torch.bfloat16).transpose(1, 2).contiguous() for x in (q, k, v, do))
-                        if pas == "fwd":
-                            ms = time_torch(torch, lambda: compiled(tq, tk, tv), reps)
-                        else:
-                            for x in (tq, tk, tv):
-                                x.requires_grad_(True)
-
-                            def fb():
-                                torch.autograd.grad(compiled(tq, tk, tv), (tq, tk, tv), tdo)
-
-                            ms = time_torch(torch, fb, reps)
-                        del tq, tk, tv, tdo
-                        torch.cuda.empty_cache()
-                    elif pas == "fwd":
-                        ms = time_jax(jax.jit(fns[impl]), (q, k, v), reps)
+                        ms = time_flex_pass(torch, torch.compile(flex_attention), q, k, v, do, pas, reps)
                     else:
-                        def fb(q, k, v, do, fn=fns[impl]):
-                            return jax.vjp(fn, q, k, v)[1](do)
-
-                        ms = time_jax(jax.jit(fb), (q, k, v, do), reps)
+                        ms = time_jax_pass(fns[impl], q, k, v, do, pas, reps)
                     mult = 1.0 if pas == "fwd" else 3.5
                     emit(**base, ms=f"{ms:.4f}", tflops=f"{mult * flops / ms / 1e9:.1f}", note=f"{s} keys")
                 except Exception as e:
