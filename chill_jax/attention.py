@@ -130,17 +130,19 @@ def _forward(static: _Static, q, k, v, q_lens, kv_lens, arrays=()):
     return out, lse
 
 
-def _programs_per_multiprocessor(cfg: KernelConfig, warp_specialize: bool, block_d: int, itemsize: int) -> int:
-    """An estimate of how many forward programs run at once on one
+def _programs_per_multiprocessor(cfg: KernelConfig, warp_specialize: bool, block_d: int, itemsize: int, *,
+                                 query_tiles: int = 1) -> int:
+    """An estimate of how many forward or dQ programs run at once on one
     multiprocessor: one warp-specialized program (its 12 warps at 168
     registers fill the register file; sm_90 builds), otherwise as many as
-    the registers (up to 255 per thread) and the shared memory (the query
-    tile and ``num_stages`` key and value tiles, within Hopper's 227 KB)
+    the registers (up to 255 per thread) and the shared memory (the
+    program's ``query_tiles`` query-side tiles, 1 for the forward and 2 for
+    dQ, and ``num_stages`` key and value tiles, within Hopper's 227 KB)
     allow, at most 2."""
     if warp_specialize:
         return 1
     by_registers = 65536 // (cfg.num_warps * 32 * 255)
-    shared = (cfg.block_m + 2 * cfg.num_stages * cfg.block_n) * block_d * itemsize
+    shared = (query_tiles * cfg.block_m + 2 * cfg.num_stages * cfg.block_n) * block_d * itemsize
     return max(1, min(2, by_registers, (227 * 1024) // shared))
 
 
@@ -201,14 +203,25 @@ def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens, a
     # dQ first: its programs also compute delta, which dK/dV reads.
     cfg = static.config.bwd_dq
     spec = static.mask.spec(cfg.block_m, cfg.block_n, s).with_arrays(arrays)
+    multiprocessors = _launch.multiprocessors(static.implementation)
+    slots = multiprocessors and multiprocessors * _programs_per_multiprocessor(
+        cfg, False, geo["BLOCK_D"], q.dtype.itemsize, query_tiles=2)
+    splits = kv_splits(cfg, triton.cdiv(t, cfg.block_m) * b * n, triton.cdiv(s, cfg.block_n), slots)
+    grid = (triton.cdiv(t, cfg.block_m), b * n)
+    dq_shape = jax.ShapeDtypeStruct(q.shape, q.dtype)
+    if splits > 1:  # one float32 partial dQ per split, summed below
+        grid += (splits,)
+        dq_shape = jax.ShapeDtypeStruct((splits, *q.shape), jnp.float32)
     dq, delta = _launch.launch(
-        attn_bwd_dq, grid=(triton.cdiv(t, cfg.block_m), b * n),
+        attn_bwd_dq, grid=grid,
         args=[q, k, v, out, dout, lse, dlse.astype(jnp.float32), q_lens, kv_lens, *mask_operands,
               static.sm_scale],
-        out_shapes=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, n, t), jnp.float32)],
+        out_shapes=[dq_shape, jax.ShapeDtypeStruct((b, n, t), jnp.float32)],
         constexprs=dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=_split_full(spec),
-                        **spec.constexprs()),
+                        KV_SPLITS=splits, **spec.constexprs()),
         config=cfg, implementation=static.implementation)
+    if splits > 1:
+        dq = jnp.sum(dq, axis=0).astype(q.dtype)
     cfg = static.config.bwd_dkdv
     warp_specialize = _warp_specialize(static, cfg, geo, q, arrays, dkdv=True)
     if cfg.warp_specialize and not warp_specialize:

@@ -63,13 +63,13 @@ class KernelConfig:
         it runs ``attn_bwd_dkdv`` with at most 32x64 tiles and 3 stages.
         The interpreter runs both kernels too (without warp
         specialization), so the CPU tests check them.
-      kv_splits: forward only (ignored for the backward): split each query
+      kv_splits: forward and dQ (ignored for dK/dV): split each query
         tile's key tiles into this many parts run by separate programs,
-        whose partial results a second launch merges. 0 (the default)
-        decides per call: splits only when the query tiles are too few to
-        fill the GPU (``attention.kv_splits``); 1 never splits.
-        ``autotune=True`` times explicit counts for such calls
-        (``AUTOTUNE_KV_SPLITS``).
+        whose partial results a second launch merges (the forward) or a
+        sum adds up (dQ, float32). 0 (the default) decides per call: splits
+        only when the query tiles are too few to fill the GPU
+        (``attention.kv_splits``); 1 never splits. ``autotune=True`` times
+        explicit forward counts for such calls (``AUTOTUNE_KV_SPLITS``).
     """
 
     block_m: int = 64

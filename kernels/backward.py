@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .tiles import (full_tile_span, live_key_tiles, load_tile, mask_args, mask_tile, seq_descriptor,
-                    seq_origin, tile_loop_bounds)
+                    seq_origin, split_key_tiles, tile_loop_bounds)
 
 
 @triton.jit
@@ -228,14 +228,20 @@ def attn_bwd_dq(
     A12: tl.constexpr, A13: tl.constexpr, A14: tl.constexpr, A15: tl.constexpr,
     PACK_ARRAYS: tl.constexpr,
     MS0: tl.constexpr, MS1: tl.constexpr, MS2: tl.constexpr, MS3: tl.constexpr,
+    KV_SPLITS: tl.constexpr,
 ):
-    """One program computes dQ and delta of one query tile of one (batch, head).
+    """One program computes dQ and delta of one query tile of one (batch, head),
+    or with ``KV_SPLITS > 1`` its dQ over one of that many parts of its key
+    tiles (``tiles.split_key_tiles``).
 
     Out, DOut and DQ have the layout of Q. Lse and DLse (the log-sum-exp's
     cotangent) are float32 ``[B, N, Q_LEN]``; so is the output Delta,
     ``rowsum(dOut * Out) - dLse``, which the dK/dV launch reads. Grid:
     ``(cdiv(Q_LEN, BLOCK_M), B * NUM_HEADS)``. Key tiles are visited as in
-    the forward kernel (two loops with ``SPLIT_FULL``).
+    the forward kernel (two loops with ``SPLIT_FULL``). With key splits the
+    grid is ``(cdiv(Q_LEN, BLOCK_M), B * NUM_HEADS, KV_SPLITS)`` and DQ is
+    float32 ``[KV_SPLITS, *Q.shape]``, one partial dQ per split, which the
+    caller sums; the first split writes delta.
     """
     # Last query tiles first: under causal-like masks they have the most key
     # tiles, so the long programs start early and the last wave is short.
@@ -276,7 +282,10 @@ def attn_bwd_dq(
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
     # Rows at or past the length get delta = 0 (no tile reads them).
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1) - tl.load(DLse + rows, mask=m_ok, other=0.0)
-    tl.store(Delta + rows, delta, mask=offs_m < Q_LEN)
+    if KV_SPLITS > 1:
+        tl.store(Delta + rows, delta, mask=(offs_m < Q_LEN) & (tl.program_id(2) == 0))
+    else:
+        tl.store(Delta + rows, delta, mask=offs_m < Q_LEN)
     if PRESCALE:
         q_dot = (q * qk_scale).to(q.dtype)
     else:
@@ -284,6 +293,9 @@ def attn_bwd_dq(
     first, end, full_lo, full_hi = live_key_tiles(live, start_m, q_len, kv_len, K_RANGE_FN,
                                                   K_CONTINUOUS, FULL_FN, SPLIT_FULL, BLOCK_M,
                                                   BLOCK_N, ARGS)
+    if KV_SPLITS > 1:
+        first, end, full_lo, full_hi = split_key_tiles(first, end, full_lo, full_hi, tl.program_id(2),
+                                                       KV_SPLITS, BLOCK_N)
     # The tiles around the full run, with the mask; then the run, without.
     dq = _dq_tiles(dq, q_dot, do, lse2, delta, k_base, v_base, first, end, full_lo, full_hi,
                    offs_m, kv_len, qk_scale, SKT, SVT, HEAD_DIM, BLOCK_D, BLOCK_N, PRECISION,
@@ -295,6 +307,8 @@ def attn_bwd_dq(
 
     dq = dq * sm_scale
     dq_base = DQ + q_head
+    if KV_SPLITS > 1:  # this split's partial dQ: [KV_SPLITS, *Q.shape]
+        dq_base += tl.program_id(2).to(tl.int64) * (tl.num_programs(1) // NUM_HEADS) * SQB
     tl.store(dq_base + offs_m[:, None] * SQT + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=(offs_m[:, None] < Q_LEN) & d_ok[None, :])
 

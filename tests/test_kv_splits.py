@@ -51,6 +51,43 @@ def test_key_splits_match_reference(kernel_implementation, rng, mask, splits):
 
 
 @pytest.mark.parametrize("layout", ["BTNH", "BNTH"])
+@pytest.mark.parametrize("splits", [2, 3])
+@pytest.mark.parametrize("mask", BUILTIN_MASKS, ids=repr)
+def test_dq_key_splits_match_reference(kernel_implementation, rng, mask, splits, layout):
+    """The dQ launch with its keys split (float32 partial dQ per split,
+    summed; delta from the first split): every built-in mask, GQA,
+    cross-attention, random lengths with an empty key range, and an lse
+    cotangent (delta's dLse)."""
+    b, t, s, n = 3, 70, 300, 4
+    q, k, v = random_qkv(rng, jnp.float16, batch=b, q_len=t, kv_len=s, heads=n, kv_heads=2, head_dim=32,
+                         layout=layout)
+    base = default_config(kernel_implementation, 32, 2, mask)
+    config = dataclasses.replace(base, bwd_dq=dataclasses.replace(base.bwd_dq, kv_splits=splits))
+    kwargs = dict(q_lengths=jnp.asarray(rng.integers(1, t + 1, size=b), jnp.int32),
+                  kv_lengths=jnp.asarray([*rng.integers(1, s + 1, size=b - 1), 0], jnp.int32),
+                  layout=layout, implementation=kernel_implementation)
+
+    def loss(q, k, v):
+        return jnp.sum(chill_jax.attention(q, k, v, mask, config=config, **kwargs).astype(jnp.float32))
+
+    jax.clear_caches()
+    dq_splits = [consts["KV_SPLITS"] for kernel, _, _, consts, _ in compile_check.record_launches(
+        jax.grad(loss, argnums=(0, 1, 2)), q, k, v) if kernel.fn.__name__ == "attn_bwd_dq"]
+    assert dq_splits == [splits]
+    dout = normal(rng, q.shape, q.dtype)
+    dlse = normal(rng, (b, n, t), jnp.float32)
+    result = attention_and_grads(q, k, v, mask, dout=dout, dlse=dlse, config=config, **kwargs)
+    check_against_reference(result, q, k, v, mask, dout=dout, dlse=dlse, **kwargs)
+
+
+def test_dq_programs_per_multiprocessor():
+    """dQ holds two query-side tiles (Q and dOut): 64x64 with 2 stages at
+    D=128 is 96 KB, two programs; 128x64 with 8 warps one."""
+    assert _programs_per_multiprocessor(KernelConfig(64, 64, 4, 2), False, 128, 2, query_tiles=2) == 2
+    assert _programs_per_multiprocessor(KernelConfig(128, 64, 8, 3), False, 128, 2, query_tiles=2) == 1
+
+
+@pytest.mark.parametrize("layout", ["BTNH", "BNTH"])
 @pytest.mark.parametrize("mask", [chill_jax.FullChillMask(), chill_jax.CausalChillMask()], ids=repr)
 def test_key_splits_warp_specialized(kernel_implementation, rng, mask, layout):
     """The warp-specialized forward splits its keys too (GQA, fp16)."""
@@ -131,12 +168,17 @@ def test_explicit_split_count_wins():
 
 @pytest.mark.skipif(not _launch.cuda_available(), reason="automatic splits need a GPU's multiprocessor count")
 def test_automatic_split_on_gpu(rng):
-    """On a GPU a launch with few query tiles splits its keys by itself and
-    matches the reference."""
+    """On a GPU a launch with few query tiles splits its keys by itself,
+    forward and dQ, and matches the reference."""
     q, k, v = random_qkv(rng, jnp.bfloat16, batch=1, q_len=128, kv_len=4096, heads=2, head_dim=64)
     launched = _forward_launches(q, k, v, None, implementation="triton")
     assert [name for name, _ in launched] in (["attn_fwd", "attn_fwd_combine"], ["attn_fwd_ws", "attn_fwd_combine"])
     assert launched[0][1]["KV_SPLITS"] > 1
+    jax.clear_caches()
+    dq_splits = [consts["KV_SPLITS"] for kernel, _, _, consts, _ in compile_check.record_launches(
+        jax.grad(lambda q: chill_jax.attention(q, k, v, implementation="triton").astype(jnp.float32).sum()), q)
+        if kernel.fn.__name__ == "attn_bwd_dq"]
+    assert dq_splits[0] > 1
     dout = normal(rng, q.shape, q.dtype)
     result = attention_and_grads(q, k, v, None, dout=dout, implementation="triton")
     check_against_reference(result, q, k, v, None, dout=dout, implementation="triton")
