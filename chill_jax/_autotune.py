@@ -372,7 +372,8 @@ def _callables(problem: Problem, config: AttentionConfig) -> tuple[Callable, Cal
 
 def _label(step: str, k: KernelConfig) -> str:
     return (f"{step} {k.block_m}x{k.block_n} w{k.num_warps} s{k.num_stages}"
-            + (" ws" if k.warp_specialize else "") + (f" kv_splits={k.kv_splits}" if k.kv_splits else ""))
+            + (" ws" if k.warp_specialize else "") + (" gluon" if k.gluon else "")
+            + (f" kv_splits={k.kv_splits}" if k.kv_splits else ""))
 
 
 # Multiprocessors assumed where the implementation has none (the

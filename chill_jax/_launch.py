@@ -44,6 +44,7 @@ def _jax_triton():
 
 _COMPILE = threading.local()
 _PATCHED: list[bool] = []
+_GLUON_ROUTED: list[bool] = []
 
 
 def _pass_compile_metadata(jax_triton) -> None:
@@ -96,7 +97,73 @@ def _pass_compile_metadata(jax_triton) -> None:
     proxy.TritonKernel = kernel_with_metadata
     CUDABackend.make_llir = recording_make_llir
     triton_lib.triton_kernel_call_lib = proxy
+    _compile_gluon(triton_lib)
     _PATCHED.append(True)
+
+
+def _is_gluon(fn) -> bool:
+    return bool(getattr(fn, "is_gluon", lambda: False)())
+
+
+def _compile_gluon(triton_lib) -> None:
+    """Lets jax-triton compile Gluon kernels (``@gluon.jit``, hand-written
+    layouts and warp specialization; ``kernels/forward_gluon.py``).
+
+    jax-triton 0.3.1 builds every kernel as Triton source: ``ast_to_ttir``
+    on an ``ASTSource``, then ``make_ttir`` and ``make_ttgir``. A Gluon
+    kernel is generated at the TritonGPU level by a ``GluonASTSource`` and
+    then only needs the backend's ``gluon_to_ttgir`` passes. This routes
+    Gluon kernels through those two steps and leaves everything else, the
+    specialization, cache, ``make_llir`` (which records the warps and
+    scratch that :func:`_pass_compile_metadata` hands on), PTX and launch,
+    to jax-triton. Other kernels compile exactly as before.
+    """
+    try:
+        from triton.backends.compiler import GPUTarget  # noqa: PLC0415
+        from triton.experimental.gluon._runtime import GluonASTSource  # noqa: PLC0415
+
+        code_gen, compile_ttir, get_kernel = (triton_lib.code_gen, triton_lib.compile_ttir_inplace,
+                                              triton_lib.get_or_create_triton_kernel)
+        if not callable(getattr(triton_lib, "CompilationResult", None)):
+            return
+    except (ImportError, AttributeError):
+        return
+
+    def ast_to_ttir(fn, src, *, options, codegen_fns, context, module_map):
+        if not _is_gluon(fn):
+            return code_gen.ast_to_ttir(fn, src, options=options, codegen_fns=codegen_fns, context=context,
+                                        module_map=module_map)
+        gluon_src = GluonASTSource(fn, src.signature, None, src.attrs)
+        gluon_src.constants = src.constants
+        return gluon_src.make_ir(_COMPILE.target, options, codegen_fns, module_map, context)
+
+    def compile_ttir_inplace(module, backend, options, compute_capability, platform):
+        if not getattr(_COMPILE, "gluon", False):
+            return compile_ttir(module, backend, options, compute_capability, platform)
+        metadata: dict[str, Any] = {}
+        ttgir = backend.gluon_to_ttgir(module, metadata, options, compute_capability)
+        llir = backend.make_llir(ttgir, metadata, options, compute_capability)
+        ptx = backend.make_ptx(llir, metadata, options, compute_capability)
+        return triton_lib.CompilationResult(binary=ptx, name=metadata["name"], shared_mem_bytes=metadata["shared"],
+                                            ttgir=None, llir=None)
+
+    def get_or_create_triton_kernel(backend_init_func, platform, fn, *args, compute_capability, **kwargs):
+        if not _is_gluon(fn):
+            return get_kernel(backend_init_func, platform, fn, *args, compute_capability=compute_capability,
+                              **kwargs)
+        if compute_capability is None:
+            compute_capability = triton_lib.triton_kernel_call_lib.get_compute_capability(0)
+        _COMPILE.gluon, _COMPILE.target = True, GPUTarget("cuda", compute_capability, 32)
+        try:
+            return get_kernel(backend_init_func, platform, fn, *args, compute_capability=compute_capability,
+                              **kwargs)
+        finally:
+            _COMPILE.gluon = False
+
+    triton_lib.code_gen = types.SimpleNamespace(**{**vars(code_gen), "ast_to_ttir": ast_to_ttir})
+    triton_lib.compile_ttir_inplace = compile_ttir_inplace
+    triton_lib.get_or_create_triton_kernel = get_or_create_triton_kernel
+    _GLUON_ROUTED.append(True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -114,6 +181,18 @@ def can_warp_specialize(implementation: str) -> bool:
         return False
     major = str(getattr(jax.devices("gpu")[0], "compute_capability", "") or "").partition(".")[0]
     return major.isdigit() and int(major) >= 9
+
+
+@functools.lru_cache(maxsize=None)
+def can_run_gluon(implementation: str) -> bool:
+    """Whether ``implementation`` runs the Gluon forward
+    (``kernels/forward_gluon.py``, Hopper ``wgmma``): ``"triton"`` on a GPU
+    of compute capability 9.x with a binding that launches warp-specialized
+    kernels and compiles Gluon ones (see :func:`_compile_gluon`)."""
+    if not can_warp_specialize(implementation) or not _GLUON_ROUTED:
+        return False
+    major = str(getattr(jax.devices("gpu")[0], "compute_capability", "") or "").partition(".")[0]
+    return major == "9"
 
 
 @functools.lru_cache(maxsize=None)

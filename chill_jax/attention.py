@@ -15,8 +15,9 @@ import triton
 from chill_jax import _autotune, _launch, _sharding, _xla
 from chill_jax.configs import AttentionConfig, KernelConfig
 from chill_jax.kernels import attn_bwd_dkdv, attn_bwd_dkdv_ws, attn_bwd_dq, attn_fwd, attn_fwd_combine, attn_fwd_ws
+from chill_jax.kernels import attn_fwd_gluon
 from chill_jax.kernels import MAX_MASK_ARRAYS
-from chill_jax.masks import ChillMask, FullChillMask, batched_arrays, split_arrays
+from chill_jax.masks import CausalChillMask, ChillMask, FullChillMask, batched_arrays, split_arrays
 
 LAYOUTS = ("BTNH", "BNTH")
 IMPLEMENTATIONS = ("triton", "interpret", "xla")
@@ -104,6 +105,16 @@ def _forward(static: _Static, q, k, v, q_lens, kv_lens, arrays=()):
     slots = multiprocessors and multiprocessors * _programs_per_multiprocessor(
         cfg, warp_specialize, geo["BLOCK_D"], q.dtype.itemsize)
     splits = kv_splits(cfg, triton.cdiv(t, cfg.block_m) * b * n, triton.cdiv(geo["KV_LEN"], cfg.block_n), slots)
+    if splits == 1 and _gluon(static, static.config.fwd, geo, q, arrays):
+        cfg = static.config.fwd
+        return _launch.launch(
+            attn_fwd_gluon, grid=(t // cfg.block_m, b * n), args=[q, k, v, static.sm_scale],
+            out_shapes=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, n, t), jnp.float32)],
+            constexprs=dict(SQT=geo["SQT"], SQH=geo["SQH"], SKT=geo["SKT"], SKH=geo["SKH"], NUM_HEADS=n,
+                            GROUP=geo["GROUP"], Q_LEN=t, KV_LEN=geo["KV_LEN"], HEAD_DIM=d, BLOCK_M=cfg.block_m,
+                            BLOCK_N=cfg.block_n, NUM_STAGES=cfg.num_stages,
+                            CAUSAL=type(static.mask) is CausalChillMask),
+            config=cfg, implementation=static.implementation)
     spec = static.mask.spec(cfg.block_m, cfg.block_n, geo["KV_LEN"]).with_arrays(arrays)
     constexprs = dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=_split_full(spec),
                       KV_SPLITS=splits, **spec.constexprs())
@@ -170,6 +181,26 @@ def kv_splits(cfg: KernelConfig, programs: int, key_tiles: int, slots: int | Non
 
     best = max(filled(parts) for parts in range(1, limit + 1))
     return next(parts for parts in range(1, limit + 1) if filled(parts) >= 0.9 * best)
+
+
+def _gluon(static: _Static, cfg: KernelConfig, geo: dict[str, Any], q, arrays) -> bool:
+    """Whether the forward runs ``attn_fwd_gluon`` (``KernelConfig.gluon``):
+    asked for, launchable (``_launch.can_run_gluon``: compute capability
+    9.x), and within the kernel's conditions: the built-in full or causal
+    mask (not a subclass, whose methods may differ), 16-bit inputs, head dim
+    64 or 128, no query or key lengths, whole query and key tiles, no
+    ``prescale_qk``, and the Q tile plus ``num_stages`` K and V tiles within
+    Hopper's 227 KB of shared memory."""
+    if not cfg.gluon or attn_fwd_gluon is None or arrays or type(static.mask) not in (FullChillMask, CausalChillMask):
+        return False
+    if not (static.full_q_lengths and static.full_kv_lengths) or static.prescale_qk:
+        return False
+    d, t, s = geo["HEAD_DIM"], geo["Q_LEN"], geo["KV_LEN"]
+    if q.dtype.itemsize != 2 or d not in (64, 128) or t % cfg.block_m or s % cfg.block_n or s < cfg.block_n:
+        return False
+    if (cfg.block_m + 2 * cfg.num_stages * cfg.block_n) * d * 2 > 227 * 1024:
+        return False
+    return _launch.can_run_gluon(static.implementation)
 
 
 def _warp_specialize(static: _Static, cfg, geo: dict[str, Any], q, arrays, *, dkdv: bool = False) -> bool:

@@ -34,7 +34,7 @@ BLOCK_DS = (16, 32, 64, 128, 256)
 WILDCARD = "*"
 FALLBACK_TABLE = "default"
 _KERNEL_FIELDS = ("block_m", "block_n", "num_warps", "num_stages")
-_OPTIONAL_KERNEL_FIELDS = ("warp_specialize", "kv_splits")
+_OPTIONAL_KERNEL_FIELDS = ("warp_specialize", "kv_splits", "gluon")
 _ENTRY_FIELDS = ("block_d", "dtype", "mask", *PASSES)
 
 
@@ -70,6 +70,17 @@ class KernelConfig:
         only when the query tiles are too few to fill the GPU
         (``attention.kv_splits``); 1 never splits. ``autotune=True`` times
         explicit forward counts for such calls (``AUTOTUNE_KV_SPLITS``).
+      gluon: forward only (ignored for the backward): run
+        ``attn_fwd_gluon``, the Hopper forward whose warp specialization is
+        written out by hand (Gluon; two compute warp groups of 64 queries
+        each and a TMA loader warp, ``kernels/forward_gluon.py``). Needs
+        ``block_m == 128``, ``block_n`` 64 or 128 and ``num_warps == 4``.
+        Taken when the call allows it: a GPU of compute capability 9.x,
+        ``FullChillMask`` or ``CausalChillMask``, 16-bit inputs, head dim
+        64 or 128, no query or key lengths, sequence lengths that are
+        multiples of the tiles, no ``prescale_qk``, no key split, and K and
+        V stages that fit in shared memory. Otherwise the forward runs as
+        the other fields say (``warp_specialize`` included).
     """
 
     block_m: int = 64
@@ -78,6 +89,7 @@ class KernelConfig:
     num_stages: int = 2
     warp_specialize: bool = False
     kv_splits: int = 0
+    gluon: bool = False
 
     def __post_init__(self):
         for name in ("block_m", "block_n"):
@@ -92,18 +104,26 @@ class KernelConfig:
             raise ValueError(f"KernelConfig.warp_specialize must be a bool, got {self.warp_specialize!r}")
         if isinstance(self.kv_splits, bool) or not isinstance(self.kv_splits, int) or not 0 <= self.kv_splits <= 64:
             raise ValueError(f"KernelConfig.kv_splits must be an int from 0 (automatic) to 64, got {self.kv_splits!r}")
+        if not isinstance(self.gluon, bool):
+            raise ValueError(f"KernelConfig.gluon must be a bool, got {self.gluon!r}")
+        if self.gluon and (self.block_m != 128 or self.block_n not in (64, 128) or self.num_warps != 4):
+            raise ValueError("KernelConfig.gluon needs block_m == 128, block_n 64 or 128 and num_warps == 4 (two "
+                             f"compute warp groups of 64 queries), got {self.block_m}x{self.block_n} with "
+                             f"{self.num_warps} warps")
         if self.warp_specialize and self.num_stages != 2:
             raise ValueError("KernelConfig.warp_specialize needs num_stages == 2 (Triton 3.6's warp-specialized "
                              f"Hopper builds gave NaNs at 3 stages), got num_stages={self.num_stages}")
 
     def to_dict(self) -> dict[str, int | bool]:
         """The configuration as the JSON object of the tuned tables
-        (``warp_specialize`` only when set)."""
+        (``warp_specialize``, ``kv_splits`` and ``gluon`` only when set)."""
         data: dict[str, int | bool] = {name: getattr(self, name) for name in _KERNEL_FIELDS}
         if self.warp_specialize:
             data["warp_specialize"] = True
         if self.kv_splits:
             data["kv_splits"] = self.kv_splits
+        if self.gluon:
+            data["gluon"] = True
         return data
 
 
@@ -152,6 +172,8 @@ def kernel_config_from_dict(data: Any, where: str) -> KernelConfig:
             raise ValueError(f"{where}.{name}: expected an int, got {data[name]!r}")
     if "warp_specialize" in data and not isinstance(data["warp_specialize"], bool):
         raise ValueError(f"{where}.warp_specialize: expected true or false, got {data['warp_specialize']!r}")
+    if "gluon" in data and not isinstance(data["gluon"], bool):
+        raise ValueError(f"{where}.gluon: expected true or false, got {data['gluon']!r}")
     if "kv_splits" in data and (isinstance(data["kv_splits"], bool) or not isinstance(data["kv_splits"], int)):
         raise ValueError(f"{where}.kv_splits: expected an int, got {data['kv_splits']!r}")
     try:
@@ -436,14 +458,19 @@ _SMALL_D = dict(
 # The warp-specialized D=128 forward (128x128/4w/2s; Triton builds it with 12
 # warps) ran the S2 forward in 4.03 ms against 4.61 for full attention and
 # 2.40 against 2.48 for causal (H200, NOTES, sixth session); where a call
-# cannot take it, it runs attn_fwd with 64 keys.
+# cannot take it, it runs attn_fwd with 64 keys. The Gluon forward
+# (KernelConfig.gluon) ran them in 3.82 and 1.96 ms (ninth session); at D=64
+# it was level with attn_fwd (full 1.32-1.35 against 1.36 ms, causal 0.83
+# against 0.79), so it is a D=64 candidate, not a default.
 AUTOTUNE_CANDIDATES: dict[int, dict[str, tuple[KernelConfig, ...]]] = {
     16: _SMALL_D,
     32: _SMALL_D,
-    64: _SMALL_D,
+    64: dict(_SMALL_D, fwd=_SMALL_D["fwd"] + _kernel_configs((128, 128, 4, 2, False, 0, True),
+                                                            (128, 128, 4, 3, False, 0, True))),
     128: dict(
         fwd=_kernel_configs((128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3),
-                            (64, 128, 4, 2), (128, 64, 8, 2), (128, 64, 4, 2), (128, 128, 4, 2, True)),
+                            (64, 128, 4, 2), (128, 64, 8, 2), (128, 64, 4, 2), (128, 128, 4, 2, True),
+                            (128, 128, 4, 2, True, 0, True), (128, 64, 4, 3, False, 0, True)),
         bwd_dkdv=_kernel_configs((64, 64, 4, 2), (64, 128, 8, 2), (32, 128, 8, 2), (64, 64, 8, 2), (32, 64, 4, 2),
                                  (64, 32, 4, 2), (32, 64, 8, 2), (32, 64, 4, 3), (32, 64, 4, 4), (32, 128, 8, 3),
                                  (64, 128, 4, 2, True)),

@@ -35,7 +35,12 @@ def compile_sm90(kernel, args, out_dtypes, constexprs, num_warps=4, num_stages=2
     for k in consts:
         sig[k] = "constexpr"
     attrs = {(i,): [["tt.divisibility", 16]] for i, t in enumerate(types) if t.startswith("*")}
-    src = ASTSource(kernel, signature=sig, constexprs=consts, attrs=attrs)
+    if getattr(kernel, "is_gluon", lambda: False)():
+        from triton.experimental.gluon._runtime import GluonASTSource
+
+        src = GluonASTSource(kernel, sig, consts, attrs)
+    else:
+        src = ASTSource(kernel, signature=sig, constexprs=consts, attrs=attrs)
     if not triton.knobs.cache.dir:  # triton.compile needs one (seen unset on a GPU image)
         triton.knobs.cache.dir = tempfile.mkdtemp(prefix="triton-cache-")
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
@@ -51,9 +56,13 @@ def compile_launch(launch):
                         num_stages=config.num_stages)
 
 
-def record_launches(fn, *args):
-    """Traces ``fn(*args)`` and returns the kernel launches it makes."""
+def record_launches(fn, *args, execute=True):
+    """Traces ``fn(*args)`` and returns the kernel launches it makes. With
+    ``execute=False`` the launches are not traced into the program (their
+    outputs are zeros): for kernels the tracing implementation cannot run,
+    such as the Gluon forward on the host."""
     import jax
+    import jax.numpy as jnp
     from chill_jax import _launch
 
     launches = []
@@ -62,6 +71,8 @@ def record_launches(fn, *args):
     def spy(kernel, *, grid, args, out_shapes, constexprs, config, implementation):
         launches.append((kernel, [a if isinstance(a, (int, float)) else np.empty(0, a.dtype) for a in args],
                          [np.dtype(s.dtype) for s in out_shapes], constexprs, config))
+        if not execute:
+            return [jnp.zeros(s.shape, s.dtype) for s in out_shapes]
         return original(kernel, grid=grid, args=args, out_shapes=out_shapes, constexprs=constexprs,
                         config=config, implementation=implementation)
 

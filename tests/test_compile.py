@@ -13,7 +13,7 @@ import triton
 
 import chill_jax
 from chill_jax import CausalChillMask, ChunkwiseChillMask, PrefixLMChillMask, SlidingWindowChillMask
-from chill_jax import AttentionConfig, KernelConfig
+from chill_jax import AttentionConfig, KernelConfig, _launch
 from chill_jax.configs import autotune_candidates, default_config, load_table
 import compile_check
 import custom_masks
@@ -207,3 +207,37 @@ def test_key_split_forwards_compile_for_sm90(mask):
     assert compiled.metadata.num_warps > fwd.num_warps
     combine = compile_check.compile_launch(launches[1])
     assert combine.metadata.num_warps == 4
+
+
+@pytest.mark.parametrize("case", [
+    ("BTNH", 128, 1, jnp.bfloat16, chill_jax.FullChillMask()),
+    ("BNTH", 128, 2, jnp.bfloat16, chill_jax.CausalChillMask()),
+    ("BTNH", 128, 4, jnp.float16, chill_jax.CausalChillMask()),
+    ("BNTH", 64, 1, jnp.float16, chill_jax.FullChillMask()),
+    ("BTNH", 64, 2, jnp.bfloat16, chill_jax.CausalChillMask()),
+], ids=lambda c: f"{c[0]}-d{c[1]}-g{c[2]}-{dtype_name(c[3])}-{type(c[4]).__name__}")
+def test_gluon_forward_compiles_for_sm90(monkeypatch, case):
+    """The Gluon forward (``KernelConfig.gluon``), launched the way the
+    binding launches it where the GPU allows it: sm_90 builds with two
+    compute warp groups and a loader warp (12 warps from the 4 it is launched
+    with), ``wgmma`` fed from registers, register reallocation between the
+    partitions, no spills and shared memory within the block's limit."""
+    layout, head_dim, group, dtype, mask = case
+    monkeypatch.setattr(_launch, "can_run_gluon", lambda implementation: True)
+    fwd = KernelConfig(128, 128, 4, 2, gluon=True)
+    config = AttentionConfig(fwd=fwd, bwd_dkdv=KernelConfig(64, 64, 4, 2), bwd_dq=KernelConfig(64, 64, 4, 2))
+    q = jax.ShapeDtypeStruct(layout_shape(layout, 2, 256, 4, head_dim), dtype)
+    kv = jax.ShapeDtypeStruct(layout_shape(layout, 2, 384, 4 // group, head_dim), dtype)
+    jax.clear_caches()  # record_launches sees only launches traced anew
+    launches = compile_check.record_launches(
+        lambda q, k, v: chill_jax.attention(q, k, v, mask, layout=layout, config=config, implementation="interpret"),
+        q, kv, kv, execute=False)
+    assert [launch[0].fn.__name__ for launch in launches] == ["attn_fwd_gluon"]
+    assert launches[0][3]["CAUSAL"] == isinstance(mask, CausalChillMask)
+    compiled = compile_check.compile_launch(launches[0])
+    ptx = compiled.asm["ptx"]
+    assert compiled.metadata.num_warps == 12
+    assert 0 < compiled.metadata.global_scratch_size
+    assert 0 < compiled.metadata.shared <= H100_MAX_SHARED
+    assert "wgmma.mma_async" in ptx and "setmaxnreg.inc" in ptx and "setmaxnreg.dec" in ptx
+    assert "ld.local" not in ptx and "st.local" not in ptx  # no register spills

@@ -1,0 +1,248 @@
+# Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
+"""Hopper forward written with explicit warp specialization (Gluon).
+
+One program computes a ``[BLOCK_M, HEAD_DIM]`` output tile for one (batch,
+head) with three partitions:
+
+* two compute warp groups (4 warps each), each owning ``BLOCK_M // 2`` query
+  rows: ``S = Q K^T`` and ``O += P V`` on the tensor cores (``wgmma``, P from
+  registers), the online softmax on the CUDA cores. Inside each group the
+  next tile's ``Q K^T`` is issued before this tile's softmax, so the softmax
+  runs while the tensor cores work (the intra-warpgroup overlap of
+  FlashAttention-3); the two groups overlap each other's softmax and MMAs;
+* one loader warp that copies Q once and the K and V tiles into a ring of
+  ``NUM_STAGES`` shared-memory slots by TMA, with ready/empty mbarriers per
+  slot (each slot is released by both compute groups).
+
+Inputs are contiguous 16-bit arrays, ``[B, T, N, D]`` or ``[B, N, T, D]``
+(``Q``, ``Out``; ``K`` and ``V`` with ``N / GROUP`` heads and ``S`` keys,
+``SQT``/``SQH`` and ``SKT``/``SKH`` their sequence and head strides); ``Lse``
+is ``[B, N, T]`` float32 in the natural-log domain. The causal mask is
+``k <= q`` (``CausalChillMask``). Conditions (the binding checks them):
+``T % BLOCK_M == 0``, ``S % BLOCK_N == 0``, ``HEAD_DIM`` 64 or 128, every
+query and key length the sequence length.
+"""
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+_LOG2E = gl.constexpr(1.4426950408889634)
+
+
+@gluon.jit
+def _seq_descriptor(X, batch, HEADS: gl.constexpr, LEN: gl.constexpr, ST: gl.constexpr, SH: gl.constexpr,
+                    HEAD_DIM: gl.constexpr, BLOCK: gl.constexpr, layout: gl.constexpr):
+    """A two-dimensional descriptor over all of ``X`` with ``[BLOCK,
+    HEAD_DIM]`` blocks: ``[B * LEN, HEADS * HEAD_DIM]`` for ``[B, LEN, HEADS,
+    HEAD_DIM]`` (``SH < ST``), else ``[B * HEADS * LEN, HEAD_DIM]``."""
+    if SH < ST:
+        desc = tma.make_tensor_descriptor(X, [batch * LEN, HEADS * HEAD_DIM], [ST, 1], [BLOCK, HEAD_DIM], layout)
+    else:
+        desc = tma.make_tensor_descriptor(X, [batch * HEADS * LEN, HEAD_DIM], [ST, 1], [BLOCK, HEAD_DIM], layout)
+    return desc
+
+
+@gluon.jit
+def _seq_origin(b, h, HEADS: gl.constexpr, LEN: gl.constexpr, ST: gl.constexpr, SH: gl.constexpr,
+                HEAD_DIM: gl.constexpr):
+    """Row and column of :func:`_seq_descriptor` where (batch ``b``, head
+    ``h``) starts."""
+    if SH < ST:
+        row = b * LEN
+        col = h * HEAD_DIM
+    else:
+        row = (b * HEADS + h) * LEN
+        col = 0 * h
+    return row, col
+
+
+@gluon.jit
+def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty,
+            q_row, kv_row, q_col, kv_col, n_tiles,
+            HALF_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr):
+    """The loader warp: Q's two halves once, then K and V tile by tile."""
+    mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [q_row, q_col], q_bar, q_smem.index(0))
+    tma.async_copy_global_to_shared(q_desc, [q_row + HALF_M, q_col], q_bar, q_smem.index(1))
+    for j in range(n_tiles):
+        slot = j % NUM_STAGES
+        # A fresh mbarrier counts as having completed the phase before its
+        # first, so the first pass through the ring does not wait.
+        free = ((j // NUM_STAGES) & 1) ^ 1
+        row = kv_row + j * BLOCK_N
+        mbarrier.wait(k_empty.index(slot), free)
+        mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [row, kv_col], k_ready.index(slot), k_smem.index(slot))
+        mbarrier.wait(v_empty.index(slot), free)
+        mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(v_desc, [row, kv_col], v_ready.index(slot), v_smem.index(slot))
+
+
+@gluon.jit
+def _softmax_step(s, m_i, l_i, qk_scale, q_start, k_start, MASKED: gl.constexpr, s_layout: gl.constexpr,
+                  HALF_M: gl.constexpr, BLOCK_N: gl.constexpr):
+    """One tile of the online softmax on raw scores ``s`` (float32, MMA
+    layout): returns P (float32), the rescale factor for the accumulator and
+    the updated running max and sum (log2 domain, scaled)."""
+    if MASKED:
+        rows = q_start + gl.arange(0, HALF_M, layout=gl.SliceLayout(1, s_layout))
+        cols = k_start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+        allowed = gl.expand_dims(cols, 0) <= gl.expand_dims(rows, 1)
+        s = gl.where(allowed, s, float("-inf"))
+    m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+    p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
+    alpha = gl.exp2(m_i - m_new)
+    l_i = l_i * alpha + gl.sum(p, axis=1)
+    return p, alpha, m_new, l_i
+
+
+@gluon.jit
+def _compute(q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty,
+             o_desc, Lse, qk_scale, q_row, q_col, q_start, lse_base, n_tiles, n_unmasked,
+             HALF: gl.constexpr, HALF_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+             NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+    """One compute warp group: the flash-attention loop over ``n_tiles`` key
+    tiles for query rows ``q_start + [0, HALF_M)``, then the output tile and
+    its log-sum-exps. Tiles from ``n_unmasked`` on evaluate the causal mask."""
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    dtype: gl.constexpr = q_smem.dtype
+    q = q_smem.index(HALF)
+    zero_s = gl.zeros([HALF_M, BLOCK_N], gl.float32, s_layout)
+    acc = gl.zeros([HALF_M, HEAD_DIM], gl.float32, o_layout)
+    m_i = gl.full([HALF_M], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
+    l_i = gl.zeros([HALF_M], gl.float32, gl.SliceLayout(1, s_layout))
+
+    mbarrier.wait(q_bar, 0)
+    # Tile 0: its scores and softmax, nothing to overlap with yet.
+    mbarrier.wait(k_ready.index(0), 0)
+    s = warpgroup_mma(q, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+    mbarrier.arrive(k_empty.index(0), count=1)
+    if CAUSAL:
+        if n_unmasked == 0:
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, q_start, 0, True, s_layout, HALF_M, BLOCK_N)
+        else:
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, q_start, 0, False, s_layout, HALF_M, BLOCK_N)
+    else:
+        p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, q_start, 0, False, s_layout, HALF_M, BLOCK_N)
+    p_op = gl.convert_layout(p.to(dtype), p_layout)
+
+    # Tile j's scores are issued, then tile j - 1's P V, then tile j's
+    # softmax runs while P V is on the tensor cores.
+    for j in range(1, n_tiles):
+        slot = j % NUM_STAGES
+        prev = (j - 1) % NUM_STAGES
+        mbarrier.wait(k_ready.index(slot), (j // NUM_STAGES) & 1)
+        s = warpgroup_mma(q, k_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+        mbarrier.wait(v_ready.index(prev), ((j - 1) // NUM_STAGES) & 1)
+        acc = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
+        s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
+        mbarrier.arrive(k_empty.index(slot), count=1)
+        if CAUSAL:
+            if j >= n_unmasked:
+                p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, q_start, j * BLOCK_N, True, s_layout,
+                                                   HALF_M, BLOCK_N)
+            else:
+                p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, q_start, j * BLOCK_N, False, s_layout,
+                                                   HALF_M, BLOCK_N)
+        else:
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, q_start, j * BLOCK_N, False, s_layout,
+                                               HALF_M, BLOCK_N)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        mbarrier.arrive(v_empty.index(prev), count=1)
+        p_op = gl.convert_layout(p.to(dtype), p_layout)
+
+    last = (n_tiles - 1) % NUM_STAGES
+    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+    mbarrier.wait(v_ready.index(last), ((n_tiles - 1) // NUM_STAGES) & 1)
+    acc = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+    mbarrier.arrive(v_empty.index(last), count=1)
+
+    l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))
+    out = acc / gl.expand_dims(l_o, 1)
+    # Q's half is free now: it stages the output tile for the TMA store.
+    q.store(out.to(dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(o_desc, [q_row + HALF * HALF_M, q_col], q)
+    rows = gl.arange(0, HALF_M, layout=gl.SliceLayout(1, s_layout))
+    gl.store(Lse + lse_base + q_start + rows, (m_i + gl.log2(l_i)) / _LOG2E)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def attn_fwd_gluon(Q, K, V, sm_scale, Out, Lse,
+                   SQT: gl.constexpr, SQH: gl.constexpr, SKT: gl.constexpr, SKH: gl.constexpr,
+                   NUM_HEADS: gl.constexpr, GROUP: gl.constexpr, Q_LEN: gl.constexpr, KV_LEN: gl.constexpr,
+                   HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                   NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+    """Grid ``(Q_LEN // BLOCK_M, B * NUM_HEADS)``, launched with 4 warps (the
+    first compute group; the partitions add the rest, 12 in all)."""
+    HALF_M: gl.constexpr = BLOCK_M // 2
+    KV_HEADS: gl.constexpr = NUM_HEADS // GROUP
+    dtype: gl.constexpr = Q.dtype.element_ty
+    pid_m = gl.num_programs(0) - 1 - gl.program_id(0)
+    pid_bh = gl.program_id(1)
+    b = pid_bh // NUM_HEADS
+    h = pid_bh % NUM_HEADS
+    kvh = h // GROUP
+
+    batch = gl.num_programs(1) // NUM_HEADS
+    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([HALF_M, HEAD_DIM], dtype)
+    kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
+    q_desc = _seq_descriptor(Q, batch, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM, HALF_M, q_layout)
+    o_desc = _seq_descriptor(Out, batch, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM, HALF_M, q_layout)
+    k_desc = _seq_descriptor(K, batch, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM, BLOCK_N, kv_layout)
+    v_desc = _seq_descriptor(V, batch, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM, BLOCK_N, kv_layout)
+
+    q_smem = gl.allocate_shared_memory(dtype, [2, HALF_M, HEAD_DIM], q_layout)
+    k_smem = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], kv_layout)
+    v_smem = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], kv_layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(NUM_STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(k_empty.index(i), count=2)
+        mbarrier.init(v_empty.index(i), count=2)
+
+    q_start = pid_m * BLOCK_M
+    if CAUSAL:
+        # Keys past the tile's last query are masked, and so is every key
+        # from the first tile that reaches the tile's first query.
+        n_tiles = gl.cdiv(gl.minimum(q_start + BLOCK_M, KV_LEN), BLOCK_N)
+        n_unmasked = gl.minimum(q_start // BLOCK_N, n_tiles)
+    else:
+        n_tiles = KV_LEN // BLOCK_N
+        n_unmasked = n_tiles
+    q_row, q_col = _seq_origin(b, h, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM)
+    q_row = q_row + q_start
+    kv_row, kv_col = _seq_origin(b, kvh, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM)
+    lse_base = pid_bh * Q_LEN
+    qk_scale = sm_scale * _LOG2E
+    gl.warp_specialize([
+        (_compute, (q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, Lse, qk_scale,
+                    q_row, q_col, q_start, lse_base, n_tiles, n_unmasked,
+                    0, HALF_M, BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL)),
+        (_compute, (q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, Lse, qk_scale,
+                    q_row, q_col, q_start + HALF_M, lse_base, n_tiles, n_unmasked,
+                    1, HALF_M, BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL)),
+        (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty,
+                   q_row, kv_row, q_col, kv_col, n_tiles, HALF_M, BLOCK_N, NUM_STAGES)),
+    ], [4, 1], [232, 24])

@@ -1,0 +1,154 @@
+# Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
+"""The Gluon forward (``KernelConfig.gluon``, ``kernels/forward_gluon.py``):
+its configuration, when the binding takes it, the fallback, and on a Hopper
+GPU its results against the float64 reference."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import chill_jax
+from chill_jax import AttentionConfig, CausalChillMask, FullChillMask, KernelConfig, _launch
+from chill_jax.configs import default_config, kernel_config_from_dict
+import compile_check
+from testing_utils import attention_and_grads, check_against_reference, layout_shape, normal, random_qkv
+
+GLUON = KernelConfig(128, 128, 4, 2, warp_specialize=True, gluon=True)
+CONFIG = AttentionConfig(fwd=GLUON, bwd_dkdv=KernelConfig(64, 64, 4, 2), bwd_dq=KernelConfig(64, 64, 4, 2))
+
+
+class _MyFull(FullChillMask):
+    """A subclass of a built-in mask: its methods could differ, so it never
+    takes the Gluon kernel."""
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(block_m=64), "block_m == 128"),
+    (dict(block_n=32), "block_n 64 or 128"),
+    (dict(num_warps=8), "num_warps == 4"),
+    (dict(gluon=1), "must be a bool"),
+])
+def test_config_validation(kwargs, match):
+    fields = dict(block_m=128, block_n=128, num_warps=4, num_stages=2, gluon=True)
+    fields.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        KernelConfig(**fields)
+
+
+def test_config_json_round_trip():
+    data = GLUON.to_dict()
+    assert data["gluon"] is True
+    assert kernel_config_from_dict(data, "test") == GLUON
+    assert "gluon" not in KernelConfig(128, 128, 4, 2).to_dict()
+    with pytest.raises(ValueError, match="gluon: expected true or false"):
+        kernel_config_from_dict({**data, "gluon": "yes"}, "test")
+
+
+@pytest.mark.parametrize("mask", [FullChillMask(), CausalChillMask()], ids=repr)
+def test_hopper_table_takes_gluon_at_d128(mask):
+    fwd = default_config("triton", 128, 1, mask, generation="hopper").fwd
+    assert fwd.gluon and fwd.warp_specialize and (fwd.block_m, fwd.block_n) == (128, 128)
+
+
+def _chosen_kernels(q, k, v, mask, **kwargs):
+    """The forward kernels a call launches where the GPU runs Gluon."""
+    jax.clear_caches()  # record_launches sees only launches traced anew
+    return [launch[0].fn.__name__ for launch in compile_check.record_launches(
+        lambda q, k, v: chill_jax.attention(q, k, v, mask, implementation="interpret", **kwargs),
+        q, k, v, execute=False)]
+
+
+def _shapes(dtype=jnp.bfloat16, t=256, s=256, d=128, heads=4, kv_heads=2, layout="BTNH"):
+    q = jax.ShapeDtypeStruct(layout_shape(layout, 2, t, heads, d), dtype)
+    kv = jax.ShapeDtypeStruct(layout_shape(layout, 2, s, kv_heads, d), dtype)
+    return q, kv, kv
+
+
+def _with_fwd(**fields):
+    return dataclasses.replace(CONFIG, fwd=dataclasses.replace(GLUON, **fields))
+
+
+@pytest.mark.parametrize("mask", [FullChillMask(), CausalChillMask()], ids=repr)
+@pytest.mark.parametrize("layout", ["BTNH", "BNTH"])
+def test_binding_takes_gluon_where_allowed(monkeypatch, mask, layout):
+    monkeypatch.setattr(_launch, "can_run_gluon", lambda implementation: True)
+    assert _chosen_kernels(*_shapes(layout=layout), mask, layout=layout, config=CONFIG) == ["attn_fwd_gluon"]
+    assert _chosen_kernels(*_shapes(d=64, t=512, s=128), mask, config=CONFIG) == ["attn_fwd_gluon"]
+    assert _chosen_kernels(*_shapes(jnp.float16), mask, config=_with_fwd(block_n=64, num_stages=3, warp_specialize=False)) == [
+        "attn_fwd_gluon"]
+
+
+@pytest.mark.parametrize("case", [
+    ("query lengths", dict(q_lengths=jnp.asarray([256, 100], jnp.int32)), {}, FullChillMask()),
+    ("key lengths", dict(kv_lengths=jnp.asarray([256, 100], jnp.int32)), {}, CausalChillMask()),
+    ("partial query tile", {}, dict(t=200), FullChillMask()),
+    ("partial key tile", {}, dict(s=320), CausalChillMask()),
+    ("float32", {}, dict(dtype=jnp.float32), FullChillMask()),
+    ("head dim 96", {}, dict(d=96), FullChillMask()),
+    ("sliding window", {}, {}, chill_jax.SlidingWindowChillMask(64, 0)),
+    ("mask subclass", {}, {}, _MyFull()),
+    ("prescale_qk", dict(prescale_qk=True), {}, CausalChillMask()),
+    ("explicit key split", dict(config=_with_fwd(kv_splits=2)), {}, FullChillMask()),
+    ("4 stages at D=128", dict(config=_with_fwd(num_stages=4, warp_specialize=False)), {}, FullChillMask()),
+], ids=lambda c: c[0])
+def test_binding_falls_back(monkeypatch, case):
+    """Calls outside the kernel's conditions run the other forward kernels."""
+    _, kwargs, shape, mask = case
+    monkeypatch.setattr(_launch, "can_run_gluon", lambda implementation: True)
+    kwargs = {"config": CONFIG, **kwargs}
+    assert "attn_fwd_gluon" not in _chosen_kernels(*_shapes(**shape), mask, **kwargs)
+
+
+def test_interpreter_never_takes_gluon(rng):
+    """Without a Hopper GPU the Gluon configuration runs the fallback, and its
+    results match the reference."""
+    assert not _launch.can_run_gluon("interpret")
+    q, k, v = random_qkv(rng, jnp.bfloat16, batch=1, q_len=128, heads=2, kv_heads=1, head_dim=64)
+    mask = CausalChillMask()
+    assert "attn_fwd_gluon" not in _chosen_kernels(q, k, v, mask, config=CONFIG)
+    dout = normal(rng, q.shape, q.dtype)
+    result = attention_and_grads(q, k, v, mask, dout=dout, config=CONFIG, implementation="interpret")
+    check_against_reference(result, q, k, v, mask, dout=dout)
+
+
+_GPU_CASES = [
+    # layout, head dim, heads, kv heads, T, S, dtype, mask
+    ("BTNH", 128, 4, 2, 384, 384, jnp.bfloat16, CausalChillMask()),
+    ("BNTH", 128, 3, 1, 256, 512, jnp.bfloat16, FullChillMask()),
+    ("BTNH", 128, 2, 2, 512, 256, jnp.float16, CausalChillMask()),
+    ("BNTH", 128, 2, 2, 256, 640, jnp.float16, CausalChillMask()),
+    ("BTNH", 64, 4, 4, 256, 384, jnp.bfloat16, FullChillMask()),
+    ("BNTH", 64, 4, 1, 640, 640, jnp.float16, CausalChillMask()),
+]
+
+
+@pytest.mark.parametrize("block_n, stages", [(128, 2), (64, 3)])
+@pytest.mark.parametrize("case", _GPU_CASES, ids=lambda c: f"{c[0]}-d{c[1]}-n{c[2]}-kv{c[3]}-t{c[4]}-s{c[5]}-"
+                         f"{np.dtype(c[6]).name}-{type(c[7]).__name__}")
+def test_gluon_forward_matches_reference(kernel_implementation, rng, case, block_n, stages):
+    """On a Hopper GPU: the Gluon forward runs (the launch is recorded), and
+    its out and lse, and the gradients the backward computes from them,
+    match the float64 reference, for both layouts, GQA and MQA, query and
+    key lengths that differ either way (causal cross-attention), bf16 and
+    fp16, head dims 64 and 128. Two runs give identical bits."""
+    if not _launch.can_run_gluon(kernel_implementation):
+        pytest.skip("the Gluon forward needs a GPU of compute capability 9.x")
+    layout, d, heads, kv_heads, t, s, dtype, mask = case
+    config = _with_fwd(block_n=block_n, num_stages=stages, warp_specialize=False)
+    q, k, v = random_qkv(rng, dtype, batch=2, q_len=t, kv_len=s, heads=heads, kv_heads=kv_heads, head_dim=d,
+                         layout=layout)
+    kwargs = dict(layout=layout, config=config, implementation=kernel_implementation)
+    jax.clear_caches()
+    launched = [launch[0].fn.__name__ for launch in compile_check.record_launches(
+        lambda q, k, v: chill_jax.attention(q, k, v, mask, **kwargs), q, k, v)]
+    assert launched == ["attn_fwd_gluon"]
+    dout = normal(rng, q.shape, q.dtype)
+    dlse = normal(rng, (2, heads, t), jnp.float32)
+    result = attention_and_grads(q, k, v, mask, dout=dout, dlse=dlse, **kwargs)
+    check_against_reference(result, q, k, v, mask, dout=dout, dlse=dlse, layout=layout)
+    again = attention_and_grads(q, k, v, mask, dout=dout, dlse=dlse, **kwargs)
+    for name in ("out", "lse"):
+        np.testing.assert_array_equal(np.asarray(again[name]), np.asarray(result[name]), err_msg=name)
