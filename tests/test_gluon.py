@@ -102,16 +102,22 @@ def test_binding_falls_back(monkeypatch, case):
     assert "attn_fwd_gluon" not in _chosen_kernels(*_shapes(**shape), mask, **kwargs)
 
 
-def test_interpreter_never_takes_gluon(rng):
-    """Without a Hopper GPU the Gluon configuration runs the fallback, and its
-    results match the reference."""
-    assert not _launch.can_run_gluon("interpret")
-    q, k, v = random_qkv(rng, jnp.bfloat16, batch=1, q_len=128, heads=2, kv_heads=1, head_dim=64)
+def test_fallback_matches_reference(kernel_implementation, rng):
+    """A Gluon configuration where the call does not allow the kernel (query
+    lengths here; the interpreter never does) runs the other kernels, with
+    results that match the reference."""
+    if kernel_implementation == "interpret":
+        assert not _launch.can_run_gluon(kernel_implementation)
+    q, k, v = random_qkv(rng, jnp.bfloat16, batch=2, q_len=128, heads=2, kv_heads=1, head_dim=64)
     mask = CausalChillMask()
-    assert "attn_fwd_gluon" not in _chosen_kernels(q, k, v, mask, config=CONFIG)
+    kwargs = dict(q_lengths=jnp.asarray([128, 77], jnp.int32), config=CONFIG, implementation=kernel_implementation)
+    jax.clear_caches()
+    launched = [launch[0].fn.__name__ for launch in compile_check.record_launches(
+        lambda q, k, v: chill_jax.attention(q, k, v, mask, **kwargs), q, k, v)]
+    assert launched and "attn_fwd_gluon" not in launched
     dout = normal(rng, q.shape, q.dtype)
-    result = attention_and_grads(q, k, v, mask, dout=dout, config=CONFIG, implementation="interpret")
-    check_against_reference(result, q, k, v, mask, dout=dout)
+    result = attention_and_grads(q, k, v, mask, dout=dout, **kwargs)
+    check_against_reference(result, q, k, v, mask, dout=dout, q_lengths=kwargs["q_lengths"])
 
 
 _GPU_CASES = [
@@ -137,7 +143,8 @@ def test_gluon_forward_matches_reference(kernel_implementation, rng, case, block
     if not _launch.can_run_gluon(kernel_implementation):
         pytest.skip("the Gluon forward needs a GPU of compute capability 9.x")
     layout, d, heads, kv_heads, t, s, dtype, mask = case
-    config = _with_fwd(block_n=block_n, num_stages=stages, warp_specialize=False)
+    # kv_splits=1: these small grids would otherwise split their keys (attn_fwd + attn_fwd_combine).
+    config = _with_fwd(block_n=block_n, num_stages=stages, warp_specialize=False, kv_splits=1)
     q, k, v = random_qkv(rng, dtype, batch=2, q_len=t, kv_len=s, heads=heads, kv_heads=kv_heads, head_dim=d,
                          layout=layout)
     kwargs = dict(layout=layout, config=config, implementation=kernel_implementation)
