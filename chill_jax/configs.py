@@ -459,9 +459,10 @@ _SMALL_D = dict(
 # warps) ran the S2 forward in 4.03 ms against 4.61 for full attention and
 # 2.40 against 2.48 for causal (H200, NOTES, sixth session); where a call
 # cannot take it, it runs attn_fwd with 64 keys. The Gluon forward
-# (KernelConfig.gluon) ran them in 3.82 and 1.96 ms (ninth session); at D=64
-# it was level with attn_fwd (full 1.32-1.35 against 1.36 ms, causal 0.83
-# against 0.79), so it is a D=64 candidate, not a default.
+# (KernelConfig.gluon) ran them in 3.86 and 2.04 ms against 4.21 and 2.40
+# for attn_fwd_ws (ninth session, same process). At D=64 it lost at the
+# benchmark shape (S1 full 1.40 against 1.34 ms, causal 0.89 against 0.79),
+# so there it is a candidate for other shapes, not a default.
 AUTOTUNE_CANDIDATES: dict[int, dict[str, tuple[KernelConfig, ...]]] = {
     16: _SMALL_D,
     32: _SMALL_D,
