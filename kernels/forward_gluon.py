@@ -33,6 +33,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
+from .tiles import seq_origin
+
 _LOG2E = gl.constexpr(1.4426950408889634)
 
 
@@ -41,26 +43,15 @@ def _seq_descriptor(X, batch, HEADS: gl.constexpr, LEN: gl.constexpr, ST: gl.con
                     HEAD_DIM: gl.constexpr, BLOCK: gl.constexpr, layout: gl.constexpr):
     """A two-dimensional descriptor over all of ``X`` with ``[BLOCK,
     HEAD_DIM]`` blocks: ``[B * LEN, HEADS * HEAD_DIM]`` for ``[B, LEN, HEADS,
-    HEAD_DIM]`` (``SH < ST``), else ``[B * HEADS * LEN, HEAD_DIM]``."""
+    HEAD_DIM]`` (``SH < ST``), else ``[B * HEADS * LEN, HEAD_DIM]``: the
+    Gluon counterpart of ``tiles.seq_descriptor`` (Gluon's descriptors take
+    their shared-memory layout); ``tiles.seq_origin`` gives a slice's
+    origin."""
     if SH < ST:
         desc = tma.make_tensor_descriptor(X, [batch * LEN, HEADS * HEAD_DIM], [ST, 1], [BLOCK, HEAD_DIM], layout)
     else:
         desc = tma.make_tensor_descriptor(X, [batch * HEADS * LEN, HEAD_DIM], [ST, 1], [BLOCK, HEAD_DIM], layout)
     return desc
-
-
-@gluon.jit
-def _seq_origin(b, h, HEADS: gl.constexpr, LEN: gl.constexpr, ST: gl.constexpr, SH: gl.constexpr,
-                HEAD_DIM: gl.constexpr):
-    """Row and column of :func:`_seq_descriptor` where (batch ``b``, head
-    ``h``) starts."""
-    if SH < ST:
-        row = b * LEN
-        col = h * HEAD_DIM
-    else:
-        row = (b * HEADS + h) * LEN
-        col = 0 * h
-    return row, col
 
 
 @gluon.jit
@@ -231,9 +222,9 @@ def attn_fwd_gluon(Q, K, V, sm_scale, Out, Lse,
     else:
         n_tiles = KV_LEN // BLOCK_N
         n_unmasked = n_tiles
-    q_row, q_col = _seq_origin(b, h, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM)
+    q_row, q_col = seq_origin(b, h, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM)
     q_row = q_row + q_start
-    kv_row, kv_col = _seq_origin(b, kvh, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM)
+    kv_row, kv_col = seq_origin(b, kvh, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM)
     lse_base = pid_bh * Q_LEN
     qk_scale = sm_scale * _LOG2E
     gl.warp_specialize([
