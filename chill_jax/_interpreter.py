@@ -189,7 +189,7 @@ def interpreter_scope(functions: Iterable[Callable]):
 
 def run(kernel: Any, grid: Sequence[int], args: Sequence[Any],
         out_shapes: Sequence[tuple[tuple[int, ...], np.dtype]],
-        constexprs: dict[str, Any]) -> list[np.ndarray]:
+        constexprs: dict[str, Any], zeroed_outputs: Sequence[int] = ()) -> list[np.ndarray]:
     """Launches ``kernel`` through the interpreter.
 
     Args:
@@ -201,14 +201,17 @@ def run(kernel: Any, grid: Sequence[int], args: Sequence[Any],
         (floats) or -1 (ints) so unwritten elements show.
       constexprs: the kernel's constexpr parameters; functions among them are
         converted to their interpreter form.
+      zeroed_outputs: indices of outputs that start filled with zeros instead.
 
     Returns:
       The output arrays.
     """
     outs = []
-    for shape, dtype in out_shapes:
+    for i, (shape, dtype) in enumerate(out_shapes):
         dtype = np.dtype(dtype)
         fill = -1 if np.issubdtype(dtype, np.integer) else np.nan
+        if i in zeroed_outputs:
+            fill = 0
         outs.append(np.full(shape, fill, dtype))
     host_args = [HostBuffer(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a for a in args]
     host_args += [HostBuffer(o) for o in outs]

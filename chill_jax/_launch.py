@@ -247,7 +247,7 @@ def restore_varying(outs: list, args: Sequence[Any]) -> list:
 
 def launch(kernel, *, grid: Sequence[int], args: Sequence[Any],
            out_shapes: Sequence[jax.ShapeDtypeStruct], constexprs: dict[str, Any],
-           config: KernelConfig, implementation: str) -> list[jax.Array]:
+           config: KernelConfig, implementation: str, zeroed_outputs: Sequence[int] = ()) -> list[jax.Array]:
     """Launches a Triton kernel on JAX arrays.
 
     Args:
@@ -259,6 +259,9 @@ def launch(kernel, *, grid: Sequence[int], args: Sequence[Any],
       constexprs: constexpr parameters (mask methods as plain functions).
       config: warps and stages (GPU).
       implementation: ``"triton"`` or ``"interpret"``.
+      zeroed_outputs: indices of outputs that hold zeros when the kernel
+        starts (for kernels that accumulate into them); the others start
+        undefined (poisoned in the interpreter).
 
     Returns:
       The outputs, as JAX arrays.
@@ -269,7 +272,7 @@ def launch(kernel, *, grid: Sequence[int], args: Sequence[Any],
         args = [np.float32(a) if isinstance(a, float) else a for a in args]
         outs = jt.triton_call(
             *args, kernel=kernel, out_shape=list(out_shapes), grid=tuple(grid),
-            num_warps=config.num_warps, num_stages=config.num_stages,
+            num_warps=config.num_warps, num_stages=config.num_stages, zeroed_outputs=tuple(zeroed_outputs),
             **_compiled_constexprs(constexprs))
         return restore_varying(list(outs), args)
     if implementation == "interpret":
@@ -281,7 +284,8 @@ def launch(kernel, *, grid: Sequence[int], args: Sequence[Any],
             for i, a in zip(positions, host_arrays):
                 full_args[i] = np.asarray(a)
             return tuple(_interpreter.run(
-                kernel, grid, full_args, [(s.shape, s.dtype) for s in out_shapes], constexprs))
+                kernel, grid, full_args, [(s.shape, s.dtype) for s in out_shapes], constexprs,
+                zeroed_outputs=zeroed_outputs))
 
         outs = jax.pure_callback(host, tuple(out_shapes), *arrays)
         return restore_varying(list(outs), arrays)

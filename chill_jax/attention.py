@@ -15,7 +15,7 @@ import triton
 from chill_jax import _autotune, _launch, _sharding, _xla
 from chill_jax.configs import AttentionConfig, KernelConfig
 from chill_jax.kernels import attn_bwd_dkdv, attn_bwd_dkdv_ws, attn_bwd_dq, attn_fwd, attn_fwd_combine, attn_fwd_ws
-from chill_jax.kernels import attn_fwd_gluon
+from chill_jax.kernels import attn_bwd_gluon, attn_fwd_gluon
 from chill_jax.kernels import MAX_MASK_ARRAYS
 from chill_jax.masks import CausalChillMask, ChillMask, FullChillMask, batched_arrays, split_arrays
 
@@ -203,6 +203,27 @@ def _gluon(static: _Static, cfg: KernelConfig, geo: dict[str, Any], q, arrays) -
     return _launch.can_run_gluon(static.implementation)
 
 
+def _gluon_backward(static: _Static, cfg: KernelConfig, geo: dict[str, Any], q, arrays) -> bool:
+    """Whether the backward runs ``attn_bwd_gluon`` (``KernelConfig.gluon``
+    on ``bwd_dkdv``): the conditions of :func:`_gluon` for its 64x128 tile,
+    with the ring of ``num_stages`` Q and dO tiles, the key and value tile
+    and the dS and dQ staging tiles within Hopper's 227 KB of shared memory
+    (at D=128 that allows 2 stages)."""
+    if not cfg.gluon or attn_bwd_gluon is None or arrays or type(static.mask) not in (FullChillMask, CausalChillMask):
+        return False
+    if not (static.full_q_lengths and static.full_kv_lengths) or static.prescale_qk:
+        return False
+    d, t, s = geo["HEAD_DIM"], geo["Q_LEN"], geo["KV_LEN"]
+    if q.dtype.itemsize != 2 or d not in (64, 128) or t % cfg.block_m or s % cfg.block_n or s < cfg.block_n:
+        return False
+    # Q and dO ring, K and V, dS^T (2 steps x 2 groups), dQ staging (float32, 2 x 2 half tiles).
+    shared = ((2 * cfg.num_stages * cfg.block_m + 2 * cfg.block_n) * d * 2 + 2 * cfg.block_n * cfg.block_m * 2
+              + 2 * cfg.block_m * d * 4)
+    if shared + 1024 > 227 * 1024:
+        return False
+    return _launch.can_run_gluon(static.implementation)
+
+
 def _warp_specialize(static: _Static, cfg, geo: dict[str, Any], q, arrays, *, dkdv: bool = False) -> bool:
     """Whether a launch runs its warp-specialized kernel (tensor descriptors,
     one warp-specialized loop): ``attn_fwd_ws``, or ``attn_bwd_dkdv_ws`` with
@@ -230,6 +251,8 @@ def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens, a
     b, t, n, s = q.shape[0], geo["Q_LEN"], geo["NUM_HEADS"], geo["KV_LEN"]
     kv_heads = n // geo["GROUP"]
     dout = dout.astype(q.dtype)
+    if _gluon_backward(static, static.config.bwd_dkdv, geo, q, arrays):
+        return _backward_gluon(static, geo, q, k, v, out, lse, dout, dlse)
     mask_operands = _mask_operands(arrays)
     # dQ first: its programs also compute delta, which dK/dV reads.
     cfg = static.config.bwd_dq
@@ -260,7 +283,7 @@ def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens, a
         # takes at D=128 (two 128-key float32 accumulators in 4 warps); it
         # gets its best D=128 tile instead (32x64, 3 stages; sweeps v6-v9).
         cfg = dataclasses.replace(cfg, block_m=min(cfg.block_m, 32), block_n=min(cfg.block_n, 64), num_stages=3,
-                                  warp_specialize=False)
+                                  warp_specialize=False, gluon=False)
     spec = static.mask.spec(cfg.block_m, cfg.block_n, s).with_arrays(arrays)
     constexprs = dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=_split_full(spec),
                       **spec.constexprs(backward_q_ranges=True))
@@ -274,6 +297,28 @@ def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens, a
         out_shapes=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
         constexprs=constexprs, config=cfg, implementation=static.implementation)
     return dq, dk, dv
+
+
+def _backward_gluon(static: _Static, geo: dict[str, Any], q, k, v, out, lse, dout, dlse):
+    """The one-pass backward (``attn_bwd_gluon``): delta from XLA, dK and dV
+    from the kernel, dQ summed by the kernel in float32."""
+    cfg = static.config.bwd_dkdv
+    b, t, n, s, d = q.shape[0], geo["Q_LEN"], geo["NUM_HEADS"], geo["KV_LEN"], geo["HEAD_DIM"]
+    rowsum = jnp.sum(out.astype(jnp.float32) * dout.astype(jnp.float32), axis=-1)
+    if static.layout == "BTNH":
+        rowsum = rowsum.transpose(0, 2, 1)
+    delta = rowsum - dlse.astype(jnp.float32)
+    dq, dk, dv = _launch.launch(
+        attn_bwd_gluon, grid=(s // cfg.block_n, b * n // geo["GROUP"]),
+        args=[q, k, v, dout, lse, delta, static.sm_scale],
+        out_shapes=[jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct(k.shape, k.dtype),
+                    jax.ShapeDtypeStruct(v.shape, v.dtype)],
+        constexprs=dict(SQT=geo["SQT"], SQH=geo["SQH"], SKT=geo["SKT"], SKH=geo["SKH"], NUM_HEADS=n,
+                        GROUP=geo["GROUP"], Q_LEN=t, KV_LEN=s, HEAD_DIM=d, BLOCK_M=cfg.block_m,
+                        BLOCK_N=cfg.block_n, NUM_STAGES=cfg.num_stages,
+                        CAUSAL=type(static.mask) is CausalChillMask),
+        config=cfg, implementation=static.implementation, zeroed_outputs=(0,))
+    return dq.astype(q.dtype), dk, dv
 
 
 def _check_array(name: str, x: Any) -> None:

@@ -35,6 +35,8 @@ WILDCARD = "*"
 FALLBACK_TABLE = "default"
 _KERNEL_FIELDS = ("block_m", "block_n", "num_warps", "num_stages")
 _OPTIONAL_KERNEL_FIELDS = ("warp_specialize", "kv_splits", "gluon")
+# (block_m, block_n) of the Gluon kernels: the forward's two, the backward's one.
+_GLUON_TILES = ((128, 64), (128, 128), (64, 128))
 _ENTRY_FIELDS = ("block_d", "dtype", "mask", *PASSES)
 
 
@@ -70,17 +72,22 @@ class KernelConfig:
         only when the query tiles are too few to fill the GPU
         (``attention.kv_splits``); 1 never splits. ``autotune=True`` times
         explicit forward counts for such calls (``AUTOTUNE_KV_SPLITS``).
-      gluon: forward only (ignored for the backward): run
-        ``attn_fwd_gluon``, the Hopper forward whose warp specialization is
-        written out by hand (Gluon; two compute warp groups of 64 queries
-        each and a TMA loader warp, ``kernels/forward_gluon.py``). Needs
-        ``block_m == 128``, ``block_n`` 64 or 128 and ``num_warps == 4``.
-        Taken when the call allows it: a GPU of compute capability 9.x,
-        ``FullChillMask`` or ``CausalChillMask``, 16-bit inputs, head dim
-        64 or 128, no query or key lengths, sequence lengths that are
-        multiples of the tiles, no ``prescale_qk``, no key split, and K and
-        V stages that fit in shared memory. Otherwise the forward runs as
-        the other fields say (``warp_specialize`` included).
+      gluon: forward and dK/dV (not dQ): run the Hopper kernels whose warp
+        specialization is written out by hand (Gluon): ``attn_fwd_gluon``
+        (two compute warp groups of 64 queries each and a TMA loader warp,
+        ``kernels/forward_gluon.py``; needs ``block_m == 128`` and
+        ``block_n`` 64 or 128) or ``attn_bwd_gluon`` (one pass computing dK,
+        dV and dQ, two compute warp groups of 64 keys each and a loader warp,
+        ``kernels/backward_gluon.py``; needs ``block_m == 64`` and ``block_n
+        == 128``; it replaces the dQ launch, so ``bwd_dq`` is then unused,
+        and its dQ is summed by float32 atomics, so dQ is not bitwise
+        deterministic). Both need ``num_warps == 4``. Taken when the call
+        allows it: a GPU of compute capability 9.x, ``FullChillMask`` or
+        ``CausalChillMask``, 16-bit inputs, head dim 64 or 128, no query or
+        key lengths, sequence lengths that are multiples of the tiles, no
+        ``prescale_qk``, no key split (forward), and the tiles within
+        shared memory. Otherwise the pass runs as the other fields say
+        (``warp_specialize`` included).
     """
 
     block_m: int = 64
@@ -106,10 +113,10 @@ class KernelConfig:
             raise ValueError(f"KernelConfig.kv_splits must be an int from 0 (automatic) to 64, got {self.kv_splits!r}")
         if not isinstance(self.gluon, bool):
             raise ValueError(f"KernelConfig.gluon must be a bool, got {self.gluon!r}")
-        if self.gluon and (self.block_m != 128 or self.block_n not in (64, 128) or self.num_warps != 4):
-            raise ValueError("KernelConfig.gluon needs block_m == 128, block_n 64 or 128 and num_warps == 4 (two "
-                             f"compute warp groups of 64 queries), got {self.block_m}x{self.block_n} with "
-                             f"{self.num_warps} warps")
+        if self.gluon and ((self.block_m, self.block_n) not in _GLUON_TILES or self.num_warps != 4):
+            raise ValueError("KernelConfig.gluon needs num_warps == 4 and block_m x block_n 128x64 or 128x128 "
+                             "(forward: two compute warp groups of 64 queries) or 64x128 (dK/dV: two of 64 "
+                             f"keys), got {self.block_m}x{self.block_n} with {self.num_warps} warps")
         if self.warp_specialize and self.num_stages != 2:
             raise ValueError("KernelConfig.warp_specialize needs num_stages == 2 (Triton 3.6's warp-specialized "
                              f"Hopper builds gave NaNs at 3 stages), got num_stages={self.num_stages}")
@@ -134,6 +141,17 @@ class AttentionConfig:
     fwd: KernelConfig = KernelConfig()
     bwd_dkdv: KernelConfig = KernelConfig()
     bwd_dq: KernelConfig = KernelConfig()
+
+    def __post_init__(self):
+        if self.fwd.gluon and self.fwd.block_m != 128:
+            raise ValueError(f"AttentionConfig.fwd: gluon needs block_m == 128 (the Gluon forward's tiles are "
+                             f"128x64 or 128x128), got {self.fwd.block_m}x{self.fwd.block_n}")
+        if self.bwd_dkdv.gluon and (self.bwd_dkdv.block_m, self.bwd_dkdv.block_n) != (64, 128):
+            raise ValueError("AttentionConfig.bwd_dkdv: gluon needs block_m == 64 and block_n == 128 (the Gluon "
+                             f"backward's tile), got {self.bwd_dkdv.block_m}x{self.bwd_dkdv.block_n}")
+        if self.bwd_dq.gluon:
+            raise ValueError("AttentionConfig.bwd_dq: there is no Gluon dQ kernel; set gluon on bwd_dkdv, whose "
+                             "Gluon kernel computes dQ too")
 
     def to_dict(self) -> dict[str, dict[str, int]]:
         """``{"fwd": {...}, "bwd_dkdv": {...}, "bwd_dq": {...}}``."""
@@ -195,7 +213,11 @@ def attention_config_from_dict(data: Any, where: str) -> AttentionConfig:
     missing = [p for p in PASSES if p not in data]
     if missing:
         raise ValueError(f"{where}: missing pass(es) {missing}; expected {list(PASSES)}")
-    return AttentionConfig(**{p: kernel_config_from_dict(data[p], f"{where}.{p}") for p in PASSES})
+    passes = {p: kernel_config_from_dict(data[p], f"{where}.{p}") for p in PASSES}
+    try:
+        return AttentionConfig(**passes)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -462,19 +484,25 @@ _SMALL_D = dict(
 # (KernelConfig.gluon) ran them in 3.86 and 2.04 ms against 4.21 and 2.40
 # for attn_fwd_ws (ninth session, same process). At D=64 it lost at the
 # benchmark shape (S1 full 1.40 against 1.34 ms, causal 0.89 against 0.79),
-# so there it is a candidate for other shapes, not a default.
+# so there it is a candidate for other shapes, not a default. The Gluon
+# one-pass backward (bwd_dkdv gluon) ran the S2 f+b in 15.81 and 8.63 ms
+# against 17.82 and 9.55 (full, causal; tenth session); at D=64 it won at full
+# (S1 5.43 against 5.60 ms) and lost at causal (3.19 against 3.06), so there
+# it is a candidate.
 AUTOTUNE_CANDIDATES: dict[int, dict[str, tuple[KernelConfig, ...]]] = {
     16: _SMALL_D,
     32: _SMALL_D,
     64: dict(_SMALL_D, fwd=_SMALL_D["fwd"] + _kernel_configs((128, 128, 4, 2, False, 0, True),
-                                                            (128, 128, 4, 3, False, 0, True))),
+                                                            (128, 128, 4, 3, False, 0, True)),
+             bwd_dkdv=_SMALL_D["bwd_dkdv"] + _kernel_configs((64, 128, 4, 2, False, 0, True),
+                                                             (64, 128, 4, 3, False, 0, True))),
     128: dict(
         fwd=_kernel_configs((128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3),
                             (64, 128, 4, 2), (128, 64, 8, 2), (128, 64, 4, 2), (128, 128, 4, 2, True),
                             (128, 128, 4, 2, True, 0, True), (128, 64, 4, 3, False, 0, True)),
         bwd_dkdv=_kernel_configs((64, 64, 4, 2), (64, 128, 8, 2), (32, 128, 8, 2), (64, 64, 8, 2), (32, 64, 4, 2),
                                  (64, 32, 4, 2), (32, 64, 8, 2), (32, 64, 4, 3), (32, 64, 4, 4), (32, 128, 8, 3),
-                                 (64, 128, 4, 2, True)),
+                                 (64, 128, 4, 2, True), (64, 128, 4, 2, True, 0, True)),
         bwd_dq=_kernel_configs((64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 2), (64, 128, 8, 2), (64, 32, 4, 2),
                                (32, 64, 4, 2), (128, 128, 8, 1), (64, 32, 4, 3), (64, 32, 4, 4), (128, 64, 8, 3)),
     ),

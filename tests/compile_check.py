@@ -68,13 +68,13 @@ def record_launches(fn, *args, execute=True):
     launches = []
     original = _launch.launch
 
-    def spy(kernel, *, grid, args, out_shapes, constexprs, config, implementation):
+    def spy(kernel, *, grid, args, out_shapes, constexprs, config, implementation, zeroed_outputs=()):
         launches.append((kernel, [a if isinstance(a, (int, float)) else np.empty(0, a.dtype) for a in args],
                          [np.dtype(s.dtype) for s in out_shapes], constexprs, config))
         if not execute:
             return [jnp.zeros(s.shape, s.dtype) for s in out_shapes]
         return original(kernel, grid=grid, args=args, out_shapes=out_shapes, constexprs=constexprs,
-                        config=config, implementation=implementation)
+                        config=config, implementation=implementation, zeroed_outputs=zeroed_outputs)
 
     _launch.launch = spy
     try:

@@ -241,3 +241,42 @@ def test_gluon_forward_compiles_for_sm90(monkeypatch, case):
     assert 0 < compiled.metadata.shared <= H100_MAX_SHARED
     assert "wgmma.mma_async" in ptx and "setmaxnreg.inc" in ptx and "setmaxnreg.dec" in ptx
     assert "ld.local" not in ptx and "st.local" not in ptx  # no register spills
+
+
+@pytest.mark.parametrize("case", [
+    ("BTNH", 128, 1, jnp.bfloat16, chill_jax.FullChillMask(), 2),
+    ("BNTH", 128, 2, jnp.bfloat16, chill_jax.CausalChillMask(), 2),
+    ("BTNH", 128, 4, jnp.float16, chill_jax.CausalChillMask(), 2),
+    ("BNTH", 64, 1, jnp.float16, chill_jax.FullChillMask(), 3),
+    ("BTNH", 64, 2, jnp.bfloat16, chill_jax.CausalChillMask(), 4),
+], ids=lambda c: f"{c[0]}-d{c[1]}-g{c[2]}-{dtype_name(c[3])}-{type(c[4]).__name__}-{c[5]}stages")
+def test_gluon_backward_compiles_for_sm90(monkeypatch, case):
+    """The Gluon one-pass backward (``KernelConfig.gluon`` on ``bwd_dkdv``),
+    launched the way the binding launches it where the GPU allows it: one
+    backward launch (no dQ launch), an sm_90 build with two compute warp
+    groups and a loader warp, ``wgmma`` with operands from registers and
+    transposed shared memory, dQ added by TMA reductions, register
+    reallocation between the partitions, and shared memory within the
+    block's limit."""
+    layout, head_dim, group, dtype, mask, stages = case
+    monkeypatch.setattr(_launch, "can_run_gluon", lambda implementation: True)
+    config = AttentionConfig(fwd=KernelConfig(64, 64, 4, 2), bwd_dkdv=KernelConfig(64, 128, 4, stages, gluon=True),
+                             bwd_dq=KernelConfig(64, 64, 4, 2))
+    q = jax.ShapeDtypeStruct(layout_shape(layout, 2, 256, 4, head_dim), dtype)
+    kv = jax.ShapeDtypeStruct(layout_shape(layout, 2, 384, 4 // group, head_dim), dtype)
+
+    def fb(q, k, v):
+        return jax.vjp(lambda q, k, v: chill_jax.attention(q, k, v, mask, layout=layout, config=config,
+                                                           implementation="interpret"), q, k, v)[1](
+            jnp.ones(q.shape, q.dtype))
+
+    jax.clear_caches()  # record_launches sees only launches traced anew
+    launches = compile_check.record_launches(fb, q, kv, kv, execute=False)
+    assert [launch[0].fn.__name__ for launch in launches] == ["attn_fwd", "attn_bwd_gluon"]
+    assert launches[1][3]["CAUSAL"] == isinstance(mask, CausalChillMask)
+    compiled = compile_check.compile_launch(launches[1])
+    ptx = compiled.asm["ptx"]
+    assert compiled.metadata.num_warps == 12
+    assert 0 < compiled.metadata.shared <= H100_MAX_SHARED
+    assert "wgmma.mma_async" in ptx and "setmaxnreg.inc" in ptx and "setmaxnreg.dec" in ptx
+    assert "cp.reduce.async.bulk.tensor.2d.global.shared::cta.add" in ptx

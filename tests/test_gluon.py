@@ -26,8 +26,9 @@ class _MyFull(FullChillMask):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(block_m=64), "block_m == 128"),
-    (dict(block_n=32), "block_n 64 or 128"),
+    (dict(block_m=64, block_n=64), "128x64 or 128x128"),
+    (dict(block_n=32), "128x64 or 128x128"),
+    (dict(block_m=256, block_n=128), "or 64x128"),
     (dict(num_warps=8), "num_warps == 4"),
     (dict(gluon=1), "must be a bool"),
 ])

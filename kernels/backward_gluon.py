@@ -1,0 +1,278 @@
+# Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
+"""Hopper backward in one pass, written with explicit warp specialization (Gluon).
+
+One program computes dK and dV of a ``[BLOCK_N, HEAD_DIM]`` key/value tile of
+one (batch, kv head) and adds that tile's share of dQ to a float32 buffer,
+so each score tile is computed once (five tile products per step, against
+seven in the two launches of ``backward.py``). Three partitions:
+
+* two compute warp groups (4 warps each), each owning ``BLOCK_N // 2`` keys
+  and their dK, dV accumulators. Per query tile: ``S^T = K Q^T`` and
+  ``dP^T = V dO^T`` (``wgmma``, both from shared memory), ``P^T`` and
+  ``dS^T`` on the CUDA cores, ``dV += P^T dO`` and ``dK += dS^T Q`` (P^T and
+  dS^T from registers), then ``dQ = dS K`` with dS^T staged in shared
+  memory, added to the buffer by float32 atomics;
+* one loader warp that copies the key and value tile once, then each query
+  tile of each query head of the group (Q and dO) into a ring of
+  ``NUM_STAGES`` shared-memory slots by TMA (ready/empty mbarriers per
+  slot, each slot released by both compute groups).
+
+dQ's atomics make its float32 sums order-dependent: unlike ``backward.py``
+this backward is not bitwise deterministic in dQ (dK and dV are).
+
+Inputs are contiguous 16-bit arrays, ``[B, T, N, D]`` or ``[B, N, T, D]``
+(``Q``, ``DOut``; ``K``, ``V``, ``DK``, ``DV`` with ``N / GROUP`` heads and
+``S`` keys; ``SQT``/``SQH`` and ``SKT``/``SKH`` the sequence and head
+strides). ``Lse`` (natural log) and ``Delta`` (``rowsum(dOut * Out) -
+dLse``) are float32 ``[B, N, T]``; ``DQ`` is float32 with Q's shape and
+strides and must hold zeros at launch; it receives ``dQ`` already scaled.
+The causal mask is ``k <= q`` (``CausalChillMask``). Conditions (the binding
+checks them): ``T % BLOCK_M == 0``, ``S % BLOCK_N == 0``, ``HEAD_DIM`` 64 or
+128, every query and key length the sequence length.
+"""
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+from triton._C.libtriton import ir
+from triton.experimental.gluon.language._core import builtin
+
+from .forward_gluon import _seq_descriptor
+from .tiles import seq_origin
+
+_LOG2E = gl.constexpr(1.4426950408889634)
+
+
+@builtin
+def _tma_reduce_add(tensor_desc, coord, src, _semantic=None):
+    """``global[coord:] += src`` for a shared-memory tile by TMA
+    (``cp.reduce.async.bulk.tensor``; Triton 3.6's Gluon has the op but no
+    wrapper for it). Completes like ``tma.async_copy_shared_to_global``
+    (``tma.store_wait``)."""
+    coord = _semantic._convert_to_ir_values(coord, require_i64=False)
+    _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, tensor_desc.handle, coord, src.handle)
+
+
+@gluon.jit
+def _bwd_loader(q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar,
+                q_ready, q_empty, do_ready, do_empty, b, kvh, kv_row, kv_col, first_m, n_q,
+                NUM_HEADS: gl.constexpr, GROUP: gl.constexpr, Q_LEN: gl.constexpr, SQT: gl.constexpr,
+                SQH: gl.constexpr, HEAD_DIM: gl.constexpr, HALF_N: gl.constexpr, BLOCK_M: gl.constexpr,
+                NUM_STAGES: gl.constexpr):
+    """The loader warp: the two halves of the key and value tile once, then
+    Q and dO tile by tile, query head by query head."""
+    mbarrier.expect(kv_bar, 4 * k_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(k_desc, [kv_row, kv_col], kv_bar, k_smem.index(0))
+    tma.async_copy_global_to_shared(k_desc, [kv_row + HALF_N, kv_col], kv_bar, k_smem.index(1))
+    tma.async_copy_global_to_shared(v_desc, [kv_row, kv_col], kv_bar, v_smem.index(0))
+    tma.async_copy_global_to_shared(v_desc, [kv_row + HALF_N, kv_col], kv_bar, v_smem.index(1))
+    for i in range(GROUP * n_q):
+        g = i // n_q
+        row, col = seq_origin(b, kvh * GROUP + g, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM)
+        row = row + first_m + (i - g * n_q) * BLOCK_M
+        slot = i % NUM_STAGES
+        # A fresh mbarrier counts as having completed the phase before its
+        # first, so the first pass through the ring does not wait.
+        free = ((i // NUM_STAGES) & 1) ^ 1
+        mbarrier.wait(q_empty.index(slot), free)
+        mbarrier.expect(q_ready.index(slot), q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [row, col], q_ready.index(slot), q_smem.index(slot))
+        mbarrier.wait(do_empty.index(slot), free)
+        mbarrier.expect(do_ready.index(slot), do_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(do_desc, [row, col], do_ready.index(slot), do_smem.index(slot))
+
+
+@gluon.jit
+def _bwd_compute(q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, q_ready, q_empty, do_ready, do_empty,
+                 ds_full, loop_done, dk_desc, dv_desc, dq_desc, Lse, Delta, sm_scale, b, kvh, n0, kv_row, kv_col,
+                 first_m, n_q, HALF: gl.constexpr, NUM_HEADS: gl.constexpr, GROUP: gl.constexpr,
+                 Q_LEN: gl.constexpr, SQT: gl.constexpr, SQH: gl.constexpr, HEAD_DIM: gl.constexpr,
+                 HALF_N: gl.constexpr, BLOCK_M: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+    """One compute warp group: dK and dV of the keys at positions ``n0 +
+    HALF * HALF_N + [0, HALF_N)`` over every step (a query tile of a query
+    head); each step, the dQ columns ``HALF * HEAD_DIM / 2 + [0, HEAD_DIM /
+    2)`` over all ``2 * HALF_N`` keys (with the other group's dS), added to
+    ``DQ`` by a TMA reduction; then dK and dV stored."""
+    # S^T, dP^T: [HALF_N keys, BLOCK_M queries]; dK, dV: [HALF_N, HEAD_DIM]; dQ: [BLOCK_M, HEAD_DIM / 2].
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_M, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    HALF_D: gl.constexpr = HEAD_DIM // 2
+    dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                        instr_shape=[16, HALF_D, 16])
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    dtype: gl.constexpr = q_smem.dtype
+    k = k_smem.index(HALF)
+    v = v_smem.index(HALF)
+    # This group's dQ columns of both key halves (B of dQ = dS K).
+    k0_cols = k_smem.index(0).slice(HALF * HALF_D, HALF_D, dim=1)
+    k1_cols = k_smem.index(1).slice(HALF * HALF_D, HALF_D, dim=1)
+    dk = gl.zeros([HALF_N, HEAD_DIM], gl.float32, o_layout)
+    dv = gl.zeros([HALF_N, HEAD_DIM], gl.float32, o_layout)
+    qk_scale = sm_scale * _LOG2E
+    key_start = n0 + HALF * HALF_N
+    keys = key_start + gl.arange(0, HALF_N, layout=gl.SliceLayout(1, s_layout))
+    q_offs = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
+
+    mbarrier.wait(kv_bar, 0)
+    for i in range(GROUP * n_q):
+        g = i // n_q
+        h = kvh * GROUP + g
+        m0 = first_m + (i - g * n_q) * BLOCK_M
+        slot = i % NUM_STAGES
+        phase = (i // NUM_STAGES) & 1
+        parity = i % 2
+        stat = (b * NUM_HEADS + h) * Q_LEN + m0
+        lse = gl.load(Lse + stat + q_offs)
+        # Rows with no allowed key (lse = -inf) get p = 0.
+        lse2 = gl.where(lse == float("-inf"), float("inf"), lse * _LOG2E)
+        q = q_smem.index(slot)
+        do = do_smem.index(slot)
+        # Accumulators the MMAs ignore (use_acc=False), made in the loop so
+        # that no registers hold them across it.
+        zero_s = gl.zeros([HALF_N, BLOCK_M], gl.float32, s_layout)
+        zero_dq = gl.zeros([BLOCK_M, HALF_D], gl.float32, dq_layout)
+        mbarrier.wait(q_ready.index(slot), phase)
+        st = warpgroup_mma(k, q.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        mbarrier.wait(do_ready.index(slot), phase)
+        dpt = warpgroup_mma(v, do.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        st = warpgroup_mma_wait(num_outstanding=1, deps=(st,))
+        pt = gl.exp2(st * qk_scale - gl.expand_dims(lse2, 0))
+        if CAUSAL:
+            # Only query tiles that start before this group's last key hold
+            # a (query, key) pair with key > query.
+            if m0 < key_start + HALF_N:
+                allowed = gl.expand_dims(m0 + q_offs, 0) >= gl.expand_dims(keys, 1)
+                pt = gl.where(allowed, pt, 0.0)
+        dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), a_layout), do, dv, is_async=True)
+        # dV done before dS: letting it run on through dS spills (sm_90 build)
+        # and measured slower (S2 f+b +12%).
+        dpt, dv = warpgroup_mma_wait(num_outstanding=0, deps=(dpt, dv))
+        delta = gl.load(Delta + stat + q_offs)
+        dst = (pt * (dpt - gl.expand_dims(delta, 0))).to(dtype)
+        dk = warpgroup_mma(gl.convert_layout(dst, a_layout), q, dk, is_async=True)
+        # dS^T to shared memory for dQ = dS K, double-buffered by step: a
+        # group rewrites a buffer two steps later, after the other group's
+        # arrival of the step between, which follows its read of the buffer.
+        ds_mine = ds_smem.index(2 * parity + HALF)
+        ds_mine.store(dst)
+        fence_async_shared()
+        gl.thread_barrier()
+        mbarrier.arrive(ds_full.index(parity), count=1)
+        mbarrier.wait(ds_full.index(parity), (i // 2) & 1)
+        dq = warpgroup_mma(ds_smem.index(2 * parity).permute((1, 0)), k0_cols, zero_dq, use_acc=False,
+                           is_async=True)
+        dq = warpgroup_mma(ds_smem.index(2 * parity + 1).permute((1, 0)), k1_cols, dq, is_async=True)
+        dq, dk = warpgroup_mma_wait(num_outstanding=0, deps=(dq, dk))
+        mbarrier.arrive(q_empty.index(slot), count=1)
+        mbarrier.arrive(do_empty.index(slot), count=1)
+        # The reduction issued from this staging buffer two steps ago has read it.
+        tma.store_wait(pendings=1)
+        staged = dq_smem.index(2 * HALF + parity)
+        staged.store(dq * sm_scale)
+        fence_async_shared()
+        gl.thread_barrier()
+        row, col = seq_origin(b, h, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM)
+        _tma_reduce_add(dq_desc, [row + m0, col + HALF * HALF_D], staged)
+
+    # V's half is this group's alone; K's is read by the other group's dQ
+    # MMAs until it leaves its loop. Both then stage dK and dV for TMA stores.
+    v.store(dv.to(dtype))
+    mbarrier.arrive(loop_done, count=1)
+    mbarrier.wait(loop_done, 0)
+    k.store((dk * sm_scale).to(dtype))
+    fence_async_shared()
+    gl.thread_barrier()
+    tma.async_copy_shared_to_global(dk_desc, [kv_row + HALF * HALF_N, kv_col], k)
+    tma.async_copy_shared_to_global(dv_desc, [kv_row + HALF * HALF_N, kv_col], v)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def attn_bwd_gluon(Q, K, V, DOut, Lse, Delta, sm_scale, DQ, DK, DV,
+                   SQT: gl.constexpr, SQH: gl.constexpr, SKT: gl.constexpr, SKH: gl.constexpr,
+                   NUM_HEADS: gl.constexpr, GROUP: gl.constexpr, Q_LEN: gl.constexpr, KV_LEN: gl.constexpr,
+                   HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                   NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+    """Grid ``(KV_LEN // BLOCK_N, B * NUM_HEADS // GROUP)``, launched with 4
+    warps (the first compute group; the partitions add the rest, 12 in all).
+    ``BLOCK_N`` is 128 (64 keys per compute group), ``BLOCK_M`` 64."""
+    HALF_N: gl.constexpr = BLOCK_N // 2
+    KV_HEADS: gl.constexpr = NUM_HEADS // GROUP
+    dtype: gl.constexpr = Q.dtype.element_ty
+    pid_n = gl.program_id(0)
+    pid_bh = gl.program_id(1)
+    b = pid_bh // KV_HEADS
+    kvh = pid_bh % KV_HEADS
+    batch = gl.num_programs(1) // KV_HEADS
+
+    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM], dtype)
+    kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([HALF_N, HEAD_DIM], dtype)
+    ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([HALF_N, BLOCK_M], dtype)
+    q_desc = _seq_descriptor(Q, batch, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM, BLOCK_M, q_layout)
+    do_desc = _seq_descriptor(DOut, batch, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM, BLOCK_M, q_layout)
+    k_desc = _seq_descriptor(K, batch, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM, HALF_N, kv_layout)
+    v_desc = _seq_descriptor(V, batch, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM, HALF_N, kv_layout)
+    dk_desc = _seq_descriptor(DK, batch, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM, HALF_N, kv_layout)
+    dv_desc = _seq_descriptor(DV, batch, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM, HALF_N, kv_layout)
+
+    q_smem = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_M, HEAD_DIM], q_layout)
+    do_smem = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_M, HEAD_DIM], q_layout)
+    k_smem = gl.allocate_shared_memory(dtype, [2, HALF_N, HEAD_DIM], kv_layout)
+    v_smem = gl.allocate_shared_memory(dtype, [2, HALF_N, HEAD_DIM], kv_layout)
+    # dS^T of (step parity, group); dQ staging of (group, step parity).
+    ds_smem = gl.allocate_shared_memory(dtype, [4, HALF_N, BLOCK_M], ds_layout)
+    HALF_D: gl.constexpr = HEAD_DIM // 2
+    dq_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HALF_D], gl.float32)
+    dq_smem = gl.allocate_shared_memory(gl.float32, [4, BLOCK_M, HALF_D], dq_layout)
+    if SQH < SQT:
+        dq_desc = tma.make_tensor_descriptor(DQ, [batch * Q_LEN, NUM_HEADS * HEAD_DIM], [SQT, 1], [BLOCK_M, HALF_D],
+                                             dq_layout)
+    else:
+        dq_desc = tma.make_tensor_descriptor(DQ, [batch * NUM_HEADS * Q_LEN, HEAD_DIM], [SQT, 1], [BLOCK_M, HALF_D],
+                                             dq_layout)
+    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    q_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    do_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    do_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    ds_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    loop_done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    mbarrier.init(kv_bar, count=1)
+    mbarrier.init(loop_done, count=2)
+    mbarrier.init(ds_full.index(0), count=2)
+    mbarrier.init(ds_full.index(1), count=2)
+    for i in gl.static_range(NUM_STAGES):
+        mbarrier.init(q_ready.index(i), count=1)
+        mbarrier.init(do_ready.index(i), count=1)
+        mbarrier.init(q_empty.index(i), count=2)
+        mbarrier.init(do_empty.index(i), count=2)
+
+    n0 = pid_n * BLOCK_N
+    if CAUSAL:
+        # Queries before the tile's first key attend to none of its keys.
+        first_m = gl.minimum((n0 // BLOCK_M) * BLOCK_M, Q_LEN)
+    else:
+        first_m = n0 * 0
+    n_q = (Q_LEN - first_m) // BLOCK_M
+    kv_row, kv_col = seq_origin(b, kvh, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM)
+    kv_row = kv_row + n0
+    gl.warp_specialize([
+        (_bwd_compute, (q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, q_ready, q_empty, do_ready,
+                        do_empty, ds_full, loop_done, dk_desc, dv_desc, dq_desc, Lse, Delta, sm_scale, b, kvh, n0,
+                        kv_row, kv_col, first_m, n_q, 0, NUM_HEADS, GROUP, Q_LEN, SQT, SQH, HEAD_DIM, HALF_N, BLOCK_M, NUM_STAGES, CAUSAL)),
+        (_bwd_compute, (q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, q_ready, q_empty, do_ready,
+                        do_empty, ds_full, loop_done, dk_desc, dv_desc, dq_desc, Lse, Delta, sm_scale, b, kvh, n0,
+                        kv_row, kv_col, first_m, n_q, 1, NUM_HEADS, GROUP, Q_LEN, SQT, SQH, HEAD_DIM, HALF_N, BLOCK_M, NUM_STAGES, CAUSAL)),
+        (_bwd_loader, (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar,
+                       q_ready, q_empty, do_ready, do_empty, b, kvh, kv_row, kv_col, first_m, n_q,
+                       NUM_HEADS, GROUP, Q_LEN, SQT, SQH, HEAD_DIM, HALF_N, BLOCK_M, NUM_STAGES)),
+    ], [4, 1], [232, 24])

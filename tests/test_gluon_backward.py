@@ -1,0 +1,168 @@
+# Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
+"""The Gluon one-pass backward (``KernelConfig.gluon`` on ``bwd_dkdv``,
+``kernels/backward_gluon.py``): its configuration, when the binding takes
+it, the fallback, and on a Hopper GPU its gradients against the float64
+reference."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import chill_jax
+from chill_jax import AttentionConfig, CausalChillMask, FullChillMask, KernelConfig, _launch
+from chill_jax.configs import attention_config_from_dict, default_config
+import compile_check
+from testing_utils import attention_and_grads, check_against_reference, layout_shape, normal, random_qkv
+
+GLUON_BWD = KernelConfig(64, 128, 4, 2, gluon=True)
+CONFIG = AttentionConfig(fwd=KernelConfig(64, 64, 4, 2), bwd_dkdv=GLUON_BWD, bwd_dq=KernelConfig(64, 64, 4, 2))
+
+
+class _MyCausal(CausalChillMask):
+    """A subclass of a built-in mask: its methods could differ, so it never
+    takes the Gluon kernel."""
+
+
+@pytest.mark.parametrize("passes, match", [
+    (dict(bwd_dkdv=KernelConfig(128, 128, 4, 2, gluon=True)), "bwd_dkdv: gluon needs block_m == 64"),
+    (dict(fwd=KernelConfig(64, 128, 4, 2, gluon=True)), "fwd: gluon needs block_m == 128"),
+    (dict(bwd_dq=KernelConfig(64, 128, 4, 2, gluon=True)), "no Gluon dQ kernel"),
+])
+def test_config_validation(passes, match):
+    with pytest.raises(ValueError, match=match):
+        AttentionConfig(**passes)
+
+
+def test_config_validation_names_the_json_entry():
+    data = CONFIG.to_dict()
+    assert data["bwd_dkdv"]["gluon"] is True
+    assert attention_config_from_dict(data, "test") == CONFIG
+    data["bwd_dq"] = {**data["bwd_dq"], "block_n": 128, "gluon": True}
+    with pytest.raises(ValueError, match="^entry 3: AttentionConfig.bwd_dq"):
+        attention_config_from_dict(data, "entry 3")
+
+
+def _chosen_kernels(q, k, v, mask, **kwargs):
+    """The kernels forward + backward launch where the GPU runs Gluon."""
+    jax.clear_caches()  # record_launches sees only launches traced anew
+
+    def fb(q, k, v):
+        return jax.vjp(lambda q, k, v: chill_jax.attention(q, k, v, mask, implementation="interpret", **kwargs),
+                       q, k, v)[1](jnp.ones(q.shape, q.dtype))
+
+    return [launch[0].fn.__name__ for launch in compile_check.record_launches(fb, q, k, v, execute=False)]
+
+
+def _shapes(dtype=jnp.bfloat16, t=256, s=256, d=128, heads=4, kv_heads=2, layout="BTNH"):
+    q = jax.ShapeDtypeStruct(layout_shape(layout, 2, t, heads, d), dtype)
+    kv = jax.ShapeDtypeStruct(layout_shape(layout, 2, s, kv_heads, d), dtype)
+    return q, kv, kv
+
+
+def _with_bwd(**fields):
+    return dataclasses.replace(CONFIG, bwd_dkdv=dataclasses.replace(GLUON_BWD, **fields))
+
+
+@pytest.mark.parametrize("mask", [FullChillMask(), CausalChillMask()], ids=repr)
+@pytest.mark.parametrize("layout", ["BTNH", "BNTH"])
+def test_binding_takes_gluon_backward_where_allowed(monkeypatch, mask, layout):
+    """One backward launch, no dQ launch: the Gluon kernel computes dQ too."""
+    monkeypatch.setattr(_launch, "can_run_gluon", lambda implementation: True)
+    assert _chosen_kernels(*_shapes(layout=layout), mask, layout=layout, config=CONFIG) == ["attn_fwd",
+                                                                                          "attn_bwd_gluon"]
+    assert _chosen_kernels(*_shapes(d=64, t=192, s=384, kv_heads=1), mask, config=_with_bwd(num_stages=3)) == [
+        "attn_fwd", "attn_bwd_gluon"]
+
+
+@pytest.mark.parametrize("case", [
+    ("query lengths", dict(q_lengths=np.asarray([256, 100], np.int32)), {}, CausalChillMask()),
+    ("key lengths", dict(kv_lengths=np.asarray([256, 100], np.int32)), {}, FullChillMask()),
+    ("a mask subclass", {}, {}, _MyCausal()),
+    ("another mask", {}, {}, chill_jax.SlidingWindowChillMask(64, 64)),
+    ("float32", {}, dict(dtype=jnp.float32), CausalChillMask()),
+    ("head dim 96", {}, dict(d=96), CausalChillMask()),
+    ("partial query tile", {}, dict(t=200), FullChillMask()),
+    ("partial key tile", {}, dict(s=320), FullChillMask()),
+    ("prescale_qk", dict(prescale_qk=True), {}, CausalChillMask()),
+    ("not asked for", dict(config=_with_bwd(gluon=False)), {}, FullChillMask()),
+    ("3 stages at D=128", dict(config=_with_bwd(num_stages=3)), {}, FullChillMask()),
+    ("key lengths, warp-specialized fallback", dict(config=_with_bwd(warp_specialize=True),
+                                                   kv_lengths=np.asarray([256, 100], np.int32)), {},
+     CausalChillMask()),
+], ids=lambda c: c[0])
+def test_binding_falls_back(monkeypatch, case):
+    """Calls outside the kernel's conditions run the dQ and dK/dV kernels."""
+    _, kwargs, shape, mask = case
+    monkeypatch.setattr(_launch, "can_run_gluon", lambda implementation: True)
+    kwargs = {"config": CONFIG, **kwargs}
+    launched = _chosen_kernels(*_shapes(**shape), mask, **kwargs)
+    assert "attn_bwd_gluon" not in launched and "attn_bwd_dq" in launched
+
+
+def test_hopper_table_takes_gluon_backward_at_d128():
+    for mask in (FullChillMask(), CausalChillMask()):
+        bwd = default_config("triton", 128, 1, mask, generation="hopper").bwd_dkdv
+        assert bwd.gluon and (bwd.block_m, bwd.block_n, bwd.num_stages) == (64, 128, 2)
+
+
+def test_no_gluon_backward_without_a_hopper_gpu(kernel_implementation, rng):
+    """Where Gluon cannot run (the interpreter; GPUs other than 9.x) the
+    configuration still works, through the other kernels."""
+    if _launch.can_run_gluon(kernel_implementation):
+        pytest.skip("this GPU runs the Gluon backward (the reference cases below check it)")
+    q, k, v = random_qkv(rng, jnp.bfloat16, batch=1, q_len=128, kv_len=128, heads=2, kv_heads=1, head_dim=64)
+    mask = CausalChillMask()
+    kwargs = dict(config=CONFIG, implementation=kernel_implementation)
+    dout = normal(rng, q.shape, q.dtype)
+    result = attention_and_grads(q, k, v, mask, dout=dout, **kwargs)
+    check_against_reference(result, q, k, v, mask, dout=dout)
+
+
+_GPU_CASES = [
+    # layout, head dim, heads, kv heads, T, S, dtype, mask, stages (D=128 fits 2 in shared memory)
+    ("BTNH", 128, 4, 2, 384, 384, jnp.bfloat16, CausalChillMask(), 2),
+    ("BNTH", 128, 3, 1, 256, 512, jnp.bfloat16, FullChillMask(), 2),
+    ("BTNH", 128, 2, 2, 512, 256, jnp.float16, CausalChillMask(), 2),
+    ("BNTH", 128, 2, 2, 256, 640, jnp.float16, CausalChillMask(), 2),
+    ("BTNH", 128, 8, 8, 1024, 1024, jnp.bfloat16, FullChillMask(), 2),
+    ("BNTH", 128, 4, 4, 704, 768, jnp.bfloat16, CausalChillMask(), 2),
+    ("BTNH", 64, 4, 4, 192, 384, jnp.bfloat16, FullChillMask(), 2),
+    ("BNTH", 64, 4, 1, 640, 640, jnp.float16, CausalChillMask(), 3),
+    ("BTNH", 64, 4, 2, 512, 256, jnp.bfloat16, CausalChillMask(), 4),
+    ("BNTH", 64, 2, 2, 320, 1024, jnp.float16, FullChillMask(), 3),
+]
+
+
+@pytest.mark.parametrize("case", _GPU_CASES, ids=lambda c: f"{c[0]}-d{c[1]}-n{c[2]}-kv{c[3]}-t{c[4]}-s{c[5]}-"
+                         f"{np.dtype(c[6]).name}-{type(c[7]).__name__}-{c[8]}stages")
+def test_gluon_backward_matches_reference(kernel_implementation, rng, case):
+    """On a Hopper GPU: the Gluon backward runs (the launch is recorded, and
+    no dQ launch), and dQ, dK and dV match the float64 reference for both
+    layouts, GQA and MQA, query and key lengths that differ either way
+    (causal cross-attention, with key tiles no query reaches), bf16 and
+    fp16, head dims 64 and 128, 2 to 4 stages, with an lse cotangent. dK and
+    dV are bitwise deterministic; dQ (float32 reductions in any order)
+    repeats within rounding."""
+    if not _launch.can_run_gluon(kernel_implementation):
+        pytest.skip("the Gluon backward needs a GPU of compute capability 9.x")
+    layout, d, heads, kv_heads, t, s, dtype, mask, stages = case
+    q, k, v = random_qkv(rng, dtype, batch=2, q_len=t, kv_len=s, heads=heads, kv_heads=kv_heads, head_dim=d,
+                         layout=layout)
+    kwargs = dict(layout=layout, config=_with_bwd(num_stages=stages), implementation=kernel_implementation)
+    dout = normal(rng, q.shape, q.dtype)
+    dlse = normal(rng, (2, heads, t), jnp.float32)
+    jax.clear_caches()
+    launched = [launch[0].fn.__name__ for launch in compile_check.record_launches(
+        lambda q, k, v: jax.vjp(lambda *a: chill_jax.attention(*a, mask, **kwargs), q, k, v)[1](dout), q, k, v)]
+    assert "attn_bwd_gluon" in launched and "attn_bwd_dq" not in launched
+    result = attention_and_grads(q, k, v, mask, dout=dout, dlse=dlse, **kwargs)
+    check_against_reference(result, q, k, v, mask, dout=dout, dlse=dlse, layout=layout)
+    again = attention_and_grads(q, k, v, mask, dout=dout, dlse=dlse, **kwargs)
+    for name in ("dk", "dv"):
+        np.testing.assert_array_equal(np.asarray(again[name]), np.asarray(result[name]), err_msg=name)
+    scale = float(jnp.max(jnp.abs(result["dq"].astype(jnp.float32))))
+    np.testing.assert_allclose(np.asarray(again["dq"], np.float32), np.asarray(result["dq"], np.float32),
+                               atol=2e-2 * scale, rtol=0)
