@@ -17,6 +17,7 @@ on a CUDA machine, restricted to this library's kernels::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -81,6 +82,15 @@ def cases():
            dict(config=gluon))
     yield ("gluon_full_d64_t256_s384", chill_jax.FullChillMask(), jnp.float16, 2, 256, 384, 2, 1, 64, None,
            dict(config=gluon))
+    # The Gluon one-pass backward (attn_bwd_gluon: two compute groups that
+    # read each other's dS, TMA reductions of dQ), forward unchanged.
+    gluon_bwd = chill_jax.AttentionConfig(fwd=chill_jax.KernelConfig(64, 64, 4, 2),
+                                          bwd_dkdv=chill_jax.KernelConfig(64, 128, 4, 2, gluon=True),
+                                          bwd_dq=chill_jax.KernelConfig(64, 64, 4, 2))
+    yield ("gluon_bwd_causal_d128_t384_s512", chill_jax.CausalChillMask(), jnp.bfloat16, 2, 384, 512, 4, 2, 128,
+           None, dict(config=gluon_bwd))
+    yield ("gluon_bwd_full_d64_t192_s256", chill_jax.FullChillMask(), jnp.float16, 2, 192, 256, 2, 1, 64, None,
+           dict(config=dataclasses.replace(gluon_bwd, bwd_dkdv=chill_jax.KernelConfig(64, 128, 4, 3, gluon=True))))
     # prescale_qk with float16 once gave nondeterministic dK (a scaled query
     # copy inside the dK/dV loop; see benchmarks/NOTES.md). The scaled query
     # is rounded to float16, so lse gets float16's tolerance.
