@@ -80,8 +80,9 @@ class KernelConfig:
         dV and dQ, two compute warp groups of 64 keys each and a loader warp,
         ``kernels/backward_gluon.py``; needs ``block_m == 64`` and ``block_n
         == 128``; it replaces the dQ launch, so ``bwd_dq`` is then unused,
-        and its dQ is summed by float32 atomics, so dQ is not bitwise
-        deterministic). Both need ``num_warps == 4``. Taken when the call
+        and its dQ is summed in float32 by TMA reductions in whatever
+        order they land, so dQ is not bitwise deterministic; dK and dV
+        are). Both need ``num_warps == 4``. Taken when the call
         allows it: a GPU of compute capability 9.x, ``FullChillMask`` or
         ``CausalChillMask``, 16-bit inputs, head dim 64 or 128, no query or
         key lengths, sequence lengths that are multiples of the tiles, no
