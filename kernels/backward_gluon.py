@@ -10,15 +10,17 @@ seven in the two launches of ``backward.py``). Three partitions:
   and their dK, dV accumulators. Per query tile: ``S^T = K Q^T`` and
   ``dP^T = V dO^T`` (``wgmma``, both from shared memory), ``P^T`` and
   ``dS^T`` on the CUDA cores, ``dV += P^T dO`` and ``dK += dS^T Q`` (P^T and
-  dS^T from registers), then ``dQ = dS K`` with dS^T staged in shared
-  memory, added to the buffer by float32 atomics;
+  dS^T from registers), then dQ for half of the head dim over all
+  ``BLOCK_N`` keys (``dQ = dS K`` with both groups' dS^T staged in shared
+  memory), staged in float32 and added to the buffer by TMA reductions;
 * one loader warp that copies the key and value tile once, then each query
   tile of each query head of the group (Q and dO) into a ring of
   ``NUM_STAGES`` shared-memory slots by TMA (ready/empty mbarriers per
   slot, each slot released by both compute groups).
 
-dQ's atomics make its float32 sums order-dependent: unlike ``backward.py``
-this backward is not bitwise deterministic in dQ (dK and dV are).
+dQ's reductions land in any order, so its float32 sums are order-dependent:
+unlike ``backward.py`` this backward is not bitwise deterministic in dQ (dK
+and dV are).
 
 Inputs are contiguous 16-bit arrays, ``[B, T, N, D]`` or ``[B, N, T, D]``
 (``Q``, ``DOut``; ``K``, ``V``, ``DK``, ``DV`` with ``N / GROUP`` heads and
