@@ -183,45 +183,47 @@ def kv_splits(cfg: KernelConfig, programs: int, key_tiles: int, slots: int | Non
     return next(parts for parts in range(1, limit + 1) if filled(parts) >= 0.9 * best)
 
 
-def _gluon(static: _Static, cfg: KernelConfig, geo: dict[str, Any], q, arrays) -> bool:
-    """Whether the forward runs ``attn_fwd_gluon`` (``KernelConfig.gluon``):
-    asked for, launchable (``_launch.can_run_gluon``: compute capability
-    9.x), and within the kernel's conditions: the built-in full or causal
-    mask (not a subclass, whose methods may differ), 16-bit inputs, head dim
-    64 or 128, no query or key lengths, whole query and key tiles, no
-    ``prescale_qk``, and the Q tile plus ``num_stages`` K and V tiles within
-    Hopper's 227 KB of shared memory."""
-    if not cfg.gluon or attn_fwd_gluon is None or arrays or type(static.mask) not in (FullChillMask, CausalChillMask):
+def _gluon_allowed(static: _Static, cfg: KernelConfig, geo: dict[str, Any], q, arrays, kernel, masks: tuple,
+                   shared_bytes: int) -> bool:
+    """The conditions the Gluon kernels share: asked for (``cfg.gluon``),
+    importable (``kernel``), launchable (``_launch.can_run_gluon``: compute
+    capability 9.x), a mask of one of the kernel's ``masks`` types (exact
+    types: a subclass's methods may differ), 16-bit inputs, head dim 64 or
+    128, no query or key lengths, whole query and key tiles, no
+    ``prescale_qk``, and ``shared_bytes`` of tiles within Hopper's 227 KB of
+    shared memory."""
+    if not cfg.gluon or kernel is None or arrays or type(static.mask) not in masks:
         return False
     if not (static.full_q_lengths and static.full_kv_lengths) or static.prescale_qk:
         return False
     d, t, s = geo["HEAD_DIM"], geo["Q_LEN"], geo["KV_LEN"]
     if q.dtype.itemsize != 2 or d not in (64, 128) or t % cfg.block_m or s % cfg.block_n or s < cfg.block_n:
         return False
-    if (cfg.block_m + 2 * cfg.num_stages * cfg.block_n) * d * 2 > 227 * 1024:
+    if shared_bytes > 227 * 1024:
         return False
     return _launch.can_run_gluon(static.implementation)
+
+
+def _gluon(static: _Static, cfg: KernelConfig, geo: dict[str, Any], q, arrays) -> bool:
+    """Whether the forward runs ``attn_fwd_gluon`` (``KernelConfig.gluon``):
+    :func:`_gluon_allowed`, with the Q tile plus ``num_stages`` K and V
+    tiles in shared memory."""
+    shared = (cfg.block_m + 2 * cfg.num_stages * cfg.block_n) * geo["HEAD_DIM"] * 2
+    return _gluon_allowed(static, cfg, geo, q, arrays, attn_fwd_gluon, (FullChillMask, CausalChillMask), shared)
 
 
 def _gluon_backward(static: _Static, cfg: KernelConfig, geo: dict[str, Any], q, arrays) -> bool:
     """Whether the backward runs ``attn_bwd_gluon`` (``KernelConfig.gluon``
-    on ``bwd_dkdv``): the conditions of :func:`_gluon` for its 64x128 tile,
-    with the ring of ``num_stages`` Q and dO tiles, the key and value tile
-    and the dS and dQ staging tiles within Hopper's 227 KB of shared memory
-    (at D=128 that allows 2 stages)."""
-    if not cfg.gluon or attn_bwd_gluon is None or arrays or type(static.mask) not in (FullChillMask, CausalChillMask):
-        return False
-    if not (static.full_q_lengths and static.full_kv_lengths) or static.prescale_qk:
-        return False
-    d, t, s = geo["HEAD_DIM"], geo["Q_LEN"], geo["KV_LEN"]
-    if q.dtype.itemsize != 2 or d not in (64, 128) or t % cfg.block_m or s % cfg.block_n or s < cfg.block_n:
-        return False
-    # Q and dO ring, K and V, dS^T (2 steps x 2 groups), dQ staging (float32, 2 x 2 half tiles).
+    on ``bwd_dkdv``): :func:`_gluon_allowed` for its 64x128 tile, with the
+    ring of ``num_stages`` Q and dO tiles, the key and value tile, and the
+    dS and dQ staging tiles in shared memory (at D=128 that allows 2
+    stages)."""
+    d = geo["HEAD_DIM"]
+    # Q and dO ring, K and V, dS^T (2 steps x 2 groups), dQ staging (float32,
+    # 2 x 2 half tiles), and 1 KB for the barriers.
     shared = ((2 * cfg.num_stages * cfg.block_m + 2 * cfg.block_n) * d * 2 + 2 * cfg.block_n * cfg.block_m * 2
-              + 2 * cfg.block_m * d * 4)
-    if shared + 1024 > 227 * 1024:
-        return False
-    return _launch.can_run_gluon(static.implementation)
+              + 2 * cfg.block_m * d * 4 + 1024)
+    return _gluon_allowed(static, cfg, geo, q, arrays, attn_bwd_gluon, (FullChillMask, CausalChillMask), shared)
 
 
 def _warp_specialize(static: _Static, cfg, geo: dict[str, Any], q, arrays, *, dkdv: bool = False) -> bool:
