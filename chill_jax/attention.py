@@ -17,7 +17,8 @@ from chill_jax.configs import AttentionConfig, KernelConfig
 from chill_jax.kernels import attn_bwd_dkdv, attn_bwd_dkdv_ws, attn_bwd_dq, attn_fwd, attn_fwd_combine, attn_fwd_ws
 from chill_jax.kernels import attn_bwd_gluon, attn_fwd_gluon
 from chill_jax.kernels import MAX_MASK_ARRAYS
-from chill_jax.masks import CausalChillMask, ChillMask, FullChillMask, batched_arrays, split_arrays
+from chill_jax.masks import (CausalChillMask, ChillMask, ChunkwiseChillMask, FullChillMask, PrefixLMChillMask,
+                             SlidingWindowChillMask, batched_arrays, split_arrays)
 
 LAYOUTS = ("BTNH", "BNTH")
 IMPLEMENTATIONS = ("triton", "interpret", "xla")
@@ -27,6 +28,13 @@ MAX_HEAD_DIM = 256
 _MAX_AUTO_SPLITS = 32
 # attn_fwd_combine's tile and launch (memory-bound).
 _COMBINE_BLOCK_M = 32
+# The masks the Gluon kernels take: built-in ones without arrays (exact
+# types: a subclass's methods may use what Gluon does not build).
+_GLUON_MASKS = (FullChillMask, CausalChillMask, SlidingWindowChillMask, ChunkwiseChillMask, PrefixLMChillMask)
+_GLUON_FORWARD_CONSTEXPRS = ("MASK_FN", "MASK_TAKES_LEN", "K_RANGE_FN", "K_CONTINUOUS", "FULL_FN", "PACK",
+                             *(f"A{i}" for i in range(16)))
+_GLUON_BACKWARD_CONSTEXPRS = ("MASK_FN", "MASK_TAKES_LEN", "Q_RANGE_FN", "Q_CONTINUOUS", "FULL_FN", "PACK",
+                              *(f"A{i}" for i in range(16)))
 _COMBINE_CONFIG = KernelConfig(block_m=_COMBINE_BLOCK_M, block_n=16, num_warps=4, num_stages=1)
 
 
@@ -107,13 +115,16 @@ def _forward(static: _Static, q, k, v, q_lens, kv_lens, arrays=()):
     splits = kv_splits(cfg, triton.cdiv(t, cfg.block_m) * b * n, triton.cdiv(geo["KV_LEN"], cfg.block_n), slots)
     if splits == 1 and _gluon(static, static.config.fwd, geo, q, arrays):
         cfg = static.config.fwd
+        spec = static.mask.spec(cfg.block_m, cfg.block_n, geo["KV_LEN"])
         return _launch.launch(
             attn_fwd_gluon, grid=(t // cfg.block_m, b * n), args=[q, k, v, static.sm_scale],
             out_shapes=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, n, t), jnp.float32)],
             constexprs=dict(SQT=geo["SQT"], SQH=geo["SQH"], SKT=geo["SKT"], SKH=geo["SKH"], NUM_HEADS=n,
                             GROUP=geo["GROUP"], Q_LEN=t, KV_LEN=geo["KV_LEN"], HEAD_DIM=d, BLOCK_M=cfg.block_m,
-                            BLOCK_N=cfg.block_n, NUM_STAGES=cfg.num_stages,
-                            CAUSAL=type(static.mask) is CausalChillMask),
+                            BLOCK_N=cfg.block_n, NUM_STAGES=cfg.num_stages, SPLIT_FULL=_split_full(spec),
+                            UNMASKED=type(static.mask) is FullChillMask,
+                            **{name: value for name, value in spec.constexprs().items()
+                               if name in _GLUON_FORWARD_CONSTEXPRS}),
             config=cfg, implementation=static.implementation)
     spec = static.mask.spec(cfg.block_m, cfg.block_n, geo["KV_LEN"]).with_arrays(arrays)
     constexprs = dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=_split_full(spec),
@@ -209,21 +220,21 @@ def _gluon(static: _Static, cfg: KernelConfig, geo: dict[str, Any], q, arrays) -
     :func:`_gluon_allowed`, with the Q tile plus ``num_stages`` K and V
     tiles in shared memory."""
     shared = (cfg.block_m + 2 * cfg.num_stages * cfg.block_n) * geo["HEAD_DIM"] * 2
-    return _gluon_allowed(static, cfg, geo, q, arrays, attn_fwd_gluon, (FullChillMask, CausalChillMask), shared)
+    return _gluon_allowed(static, cfg, geo, q, arrays, attn_fwd_gluon, _GLUON_MASKS, shared)
 
 
 def _gluon_backward(static: _Static, cfg: KernelConfig, geo: dict[str, Any], q, arrays) -> bool:
     """Whether the backward runs ``attn_bwd_gluon`` (``KernelConfig.gluon``
-    on ``bwd_dkdv``): :func:`_gluon_allowed` for its 64x128 tile, with the
-    ring of ``num_stages`` Q and dO tiles, the key and value tile, and the
-    dS and dQ staging tiles in shared memory (at D=128 that allows 2
-    stages)."""
+    on ``bwd_dkdv``): :func:`_gluon_allowed` for its 64x128 tile, for the
+    built-in masks without arrays (``_GLUON_MASKS``), with the ring
+    of ``num_stages`` Q and dO tiles, the key and value tile, and the dS and
+    dQ staging tiles in shared memory (at D=128 that allows 2 stages)."""
     d = geo["HEAD_DIM"]
     # Q and dO ring, K and V, dS^T (2 steps x 2 groups), dQ staging (float32,
     # 2 x 2 half tiles), and 1 KB for the barriers.
     shared = ((2 * cfg.num_stages * cfg.block_m + 2 * cfg.block_n) * d * 2 + 2 * cfg.block_n * cfg.block_m * 2
               + 2 * cfg.block_m * d * 4 + 1024)
-    return _gluon_allowed(static, cfg, geo, q, arrays, attn_bwd_gluon, (FullChillMask, CausalChillMask), shared)
+    return _gluon_allowed(static, cfg, geo, q, arrays, attn_bwd_gluon, _GLUON_MASKS, shared)
 
 
 def _warp_specialize(static: _Static, cfg, geo: dict[str, Any], q, arrays, *, dkdv: bool = False) -> bool:
@@ -306,6 +317,7 @@ def _backward_gluon(static: _Static, geo: dict[str, Any], q, k, v, out, lse, dou
     from the kernel, dQ summed by the kernel in float32."""
     cfg = static.config.bwd_dkdv
     b, t, n, s, d = q.shape[0], geo["Q_LEN"], geo["NUM_HEADS"], geo["KV_LEN"], geo["HEAD_DIM"]
+    spec = static.mask.spec(cfg.block_m, cfg.block_n, s)
     rowsum = jnp.sum(out.astype(jnp.float32) * dout.astype(jnp.float32), axis=-1)
     if static.layout == "BTNH":
         rowsum = rowsum.transpose(0, 2, 1)
@@ -317,8 +329,10 @@ def _backward_gluon(static: _Static, geo: dict[str, Any], q, k, v, out, lse, dou
                     jax.ShapeDtypeStruct(v.shape, v.dtype)],
         constexprs=dict(SQT=geo["SQT"], SQH=geo["SQH"], SKT=geo["SKT"], SKH=geo["SKH"], NUM_HEADS=n,
                         GROUP=geo["GROUP"], Q_LEN=t, KV_LEN=s, HEAD_DIM=d, BLOCK_M=cfg.block_m,
-                        BLOCK_N=cfg.block_n, NUM_STAGES=cfg.num_stages,
-                        CAUSAL=type(static.mask) is CausalChillMask),
+                        BLOCK_N=cfg.block_n, NUM_STAGES=cfg.num_stages, SPLIT_FULL=_split_full(spec),
+                        UNMASKED=type(static.mask) is FullChillMask,
+                        **{name: value for name, value in spec.constexprs(backward_q_ranges=True).items()
+                           if name in _GLUON_BACKWARD_CONSTEXPRS}),
         config=cfg, implementation=static.implementation, zeroed_outputs=(0,))
     return dq.astype(q.dtype), dk, dv
 

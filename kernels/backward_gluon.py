@@ -28,8 +28,8 @@ Inputs are contiguous 16-bit arrays, ``[B, T, N, D]`` or ``[B, N, T, D]``
 strides). ``Lse`` (natural log) and ``Delta`` (``rowsum(dOut * Out) -
 dLse``) are float32 ``[B, N, T]``; ``DQ`` is float32 with Q's shape and
 strides and must hold zeros at launch; it receives ``dQ`` already scaled.
-The causal mask is ``k <= q`` (``CausalChillMask``). Conditions (the binding
-checks them): ``T % BLOCK_M == 0``, ``S % BLOCK_N == 0``, ``HEAD_DIM`` 64 or
+The mask is inlined like in ``backward.py`` (its methods, for masks
+without arrays). Conditions (the binding checks them): ``T % BLOCK_M == 0``, ``S % BLOCK_N == 0``, ``HEAD_DIM`` 64 or
 128, every query and key length the sequence length.
 """
 
@@ -45,11 +45,24 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from triton._C.libtriton import ir
 from triton.experimental.gluon.language._core import builtin
+from triton.runtime.jit import constexpr_function
 
 from .forward_gluon import _seq_descriptor
-from .tiles import seq_origin
+from .tiles import full_tile_span, seq_origin, tile_loop_bounds
 
 _LOG2E = gl.constexpr(1.4426950408889634)
+
+
+@constexpr_function
+def _transposed(layout):
+    """The distributed layout whose transpose (``gl.permute(x, (1, 0))``) is
+    ``layout`` (a two-dimensional linear layout): the mask methods get query
+    positions along rows, the backward's score tiles hold keys along rows."""
+    def swap(bases):
+        return [[basis[1], basis[0]] for basis in bases]
+
+    return gl.DistributedLinearLayout(swap(layout.reg_bases), swap(layout.lane_bases), swap(layout.warp_bases),
+                                      swap(layout.block_bases), [layout.shape[1], layout.shape[0]])
 
 
 @builtin
@@ -94,14 +107,17 @@ def _bwd_loader(q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem
 @gluon.jit
 def _bwd_compute(q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, q_ready, q_empty, do_ready, do_empty,
                  ds_full, loop_done, dk_desc, dv_desc, dq_desc, Lse, Delta, sm_scale, b, kvh, n0, kv_row, kv_col,
-                 first_m, n_q, HALF: gl.constexpr, NUM_HEADS: gl.constexpr, GROUP: gl.constexpr,
-                 Q_LEN: gl.constexpr, SQT: gl.constexpr, SQH: gl.constexpr, HEAD_DIM: gl.constexpr,
-                 HALF_N: gl.constexpr, BLOCK_M: gl.constexpr, NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+                 first_m, n_q, full_lo, full_hi, ARGS, HALF: gl.constexpr, NUM_HEADS: gl.constexpr,
+                 GROUP: gl.constexpr, Q_LEN: gl.constexpr, KV_LEN: gl.constexpr, SQT: gl.constexpr,
+                 SQH: gl.constexpr, HEAD_DIM: gl.constexpr, HALF_N: gl.constexpr, BLOCK_M: gl.constexpr,
+                 NUM_STAGES: gl.constexpr, MASK_FN: gl.constexpr, MASK_TAKES_LEN: gl.constexpr,
+                 UNMASKED: gl.constexpr):
     """One compute warp group: dK and dV of the keys at positions ``n0 +
     HALF * HALF_N + [0, HALF_N)`` over every step (a query tile of a query
     head); each step, the dQ columns ``HALF * HEAD_DIM / 2 + [0, HEAD_DIM /
     2)`` over all ``2 * HALF_N`` keys (with the other group's dS), added to
-    ``DQ`` by a TMA reduction; then dK and dV stored."""
+    ``DQ`` by a TMA reduction; then dK and dV stored. Query tiles outside
+    ``[full_lo, full_hi)`` evaluate the mask (none with ``UNMASKED``)."""
     # S^T, dP^T: [HALF_N keys, BLOCK_M queries]; dK, dV: [HALF_N, HEAD_DIM]; dQ: [BLOCK_M, HEAD_DIM / 2].
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_M, 16])
@@ -121,8 +137,11 @@ def _bwd_compute(q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, q_re
     dv = gl.zeros([HALF_N, HEAD_DIM], gl.float32, o_layout)
     qk_scale = sm_scale * _LOG2E
     key_start = n0 + HALF * HALF_N
-    keys = key_start + gl.arange(0, HALF_N, layout=gl.SliceLayout(1, s_layout))
     q_offs = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
+    # The mask methods' layout: queries along rows, its transpose s_layout.
+    qk_layout: gl.constexpr = _transposed(gl.to_linear_layout(s_layout, [HALF_N, BLOCK_M]))
+    mask_q = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, qk_layout))
+    mask_k = key_start + gl.arange(0, HALF_N, layout=gl.SliceLayout(0, qk_layout))
 
     mbarrier.wait(kv_bar, 0)
     for i in range(GROUP * n_q):
@@ -148,11 +167,13 @@ def _bwd_compute(q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, q_re
         dpt = warpgroup_mma(v, do.permute((1, 0)), zero_s, use_acc=False, is_async=True)
         st = warpgroup_mma_wait(num_outstanding=1, deps=(st,))
         pt = gl.exp2(st * qk_scale - gl.expand_dims(lse2, 0))
-        if CAUSAL:
-            # Only query tiles that start before this group's last key hold
-            # a (query, key) pair with key > query.
-            if m0 < key_start + HALF_N:
-                allowed = gl.expand_dims(m0 + q_offs, 0) >= gl.expand_dims(keys, 1)
+        if not UNMASKED:
+            if (m0 < full_lo) | (m0 >= full_hi):
+                if MASK_TAKES_LEN:
+                    allowed = MASK_FN(m0 + mask_q, mask_k, KV_LEN, ARGS)
+                else:
+                    allowed = MASK_FN(m0 + mask_q, mask_k, ARGS)
+                allowed = gl.convert_layout(gl.permute(allowed.to(gl.int1), (1, 0)), s_layout, assert_trivial=True)
                 pt = gl.where(allowed, pt, 0.0)
         dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), a_layout), do, dv, is_async=True)
         # dV done before dS: letting it run on through dS spills (sm_90 build)
@@ -203,10 +224,19 @@ def attn_bwd_gluon(Q, K, V, DOut, Lse, Delta, sm_scale, DQ, DK, DV,
                    SQT: gl.constexpr, SQH: gl.constexpr, SKT: gl.constexpr, SKH: gl.constexpr,
                    NUM_HEADS: gl.constexpr, GROUP: gl.constexpr, Q_LEN: gl.constexpr, KV_LEN: gl.constexpr,
                    HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                   NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+                   NUM_STAGES: gl.constexpr, MASK_FN: gl.constexpr, MASK_TAKES_LEN: gl.constexpr,
+                   Q_RANGE_FN: gl.constexpr, Q_CONTINUOUS: gl.constexpr, FULL_FN: gl.constexpr,
+                   SPLIT_FULL: gl.constexpr, UNMASKED: gl.constexpr, PACK: gl.constexpr,
+                   A0: gl.constexpr, A1: gl.constexpr, A2: gl.constexpr, A3: gl.constexpr,
+                   A4: gl.constexpr, A5: gl.constexpr, A6: gl.constexpr, A7: gl.constexpr,
+                   A8: gl.constexpr, A9: gl.constexpr, A10: gl.constexpr, A11: gl.constexpr,
+                   A12: gl.constexpr, A13: gl.constexpr, A14: gl.constexpr, A15: gl.constexpr):
     """Grid ``(KV_LEN // BLOCK_N, B * NUM_HEADS // GROUP)``, launched with 4
     warps (the first compute group; the partitions add the rest, 12 in all).
-    ``BLOCK_N`` is 128 (64 keys per compute group), ``BLOCK_M`` 64."""
+    ``BLOCK_N`` is 128 (64 keys per compute group), ``BLOCK_M`` 64. The mask
+    arrives as ``attn_bwd_dkdv``'s mask constexprs for a mask without arrays
+    (``PACK`` and ``A0 .. A15`` its constants); ``UNMASKED`` (full
+    attention) skips the ranges and the mask altogether."""
     HALF_N: gl.constexpr = BLOCK_N // 2
     KV_HEADS: gl.constexpr = NUM_HEADS // GROUP
     dtype: gl.constexpr = Q.dtype.element_ty
@@ -259,23 +289,34 @@ def attn_bwd_gluon(Q, K, V, DOut, Lse, Delta, sm_scale, DQ, DK, DV,
         mbarrier.init(do_empty.index(i), count=2)
 
     n0 = pid_n * BLOCK_N
-    if CAUSAL:
-        # Queries before the tile's first key attend to none of its keys.
-        first_m = gl.minimum((n0 // BLOCK_M) * BLOCK_M, Q_LEN)
-    else:
+    ARGS = PACK(A0, A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12, A13, A14, A15)
+    if UNMASKED:
         first_m = n0 * 0
-    n_q = (Q_LEN - first_m) // BLOCK_M
+        end_m = first_m + Q_LEN
+        full_lo = first_m
+        full_hi = end_m
+    else:
+        # The query tiles the key tile's query range reaches, and among
+        # them the run the mask declares full (no mask evaluated there).
+        first_m, end_m = tile_loop_bounds(n0, BLOCK_N, Q_LEN, Q_RANGE_FN, Q_CONTINUOUS, BLOCK_N, ARGS, BLOCK_M)
+        if SPLIT_FULL:
+            full_lo, full_hi = full_tile_span(n0, first_m, end_m, Q_LEN, KV_LEN, FULL_FN, False, BLOCK_M,
+                                              BLOCK_N, ARGS)
+        else:
+            full_lo = end_m
+            full_hi = end_m
+    n_q = gl.cdiv(gl.maximum(end_m - first_m, 0), BLOCK_M)
     kv_row, kv_col = seq_origin(b, kvh, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM)
     kv_row = kv_row + n0
     gl.warp_specialize([
         (_bwd_compute, (q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, q_ready, q_empty, do_ready,
                         do_empty, ds_full, loop_done, dk_desc, dv_desc, dq_desc, Lse, Delta, sm_scale, b, kvh, n0,
-                        kv_row, kv_col, first_m, n_q, 0, NUM_HEADS, GROUP, Q_LEN, SQT, SQH, HEAD_DIM, HALF_N,
-                        BLOCK_M, NUM_STAGES, CAUSAL)),
+                        kv_row, kv_col, first_m, n_q, full_lo, full_hi, ARGS, 0, NUM_HEADS, GROUP, Q_LEN,
+                        KV_LEN, SQT, SQH, HEAD_DIM, HALF_N, BLOCK_M, NUM_STAGES, MASK_FN, MASK_TAKES_LEN, UNMASKED)),
         (_bwd_compute, (q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, q_ready, q_empty, do_ready,
                         do_empty, ds_full, loop_done, dk_desc, dv_desc, dq_desc, Lse, Delta, sm_scale, b, kvh, n0,
-                        kv_row, kv_col, first_m, n_q, 1, NUM_HEADS, GROUP, Q_LEN, SQT, SQH, HEAD_DIM, HALF_N,
-                        BLOCK_M, NUM_STAGES, CAUSAL)),
+                        kv_row, kv_col, first_m, n_q, full_lo, full_hi, ARGS, 1, NUM_HEADS, GROUP, Q_LEN,
+                        KV_LEN, SQT, SQH, HEAD_DIM, HALF_N, BLOCK_M, NUM_STAGES, MASK_FN, MASK_TAKES_LEN, UNMASKED)),
         (_bwd_loader, (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar,
                        q_ready, q_empty, do_ready, do_empty, b, kvh, kv_row, kv_col, first_m, n_q,
                        NUM_HEADS, GROUP, Q_LEN, SQT, SQH, HEAD_DIM, HALF_N, BLOCK_M, NUM_STAGES)),

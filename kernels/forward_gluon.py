@@ -17,8 +17,8 @@ head) with three partitions:
 Inputs are contiguous 16-bit arrays, ``[B, T, N, D]`` or ``[B, N, T, D]``
 (``Q``, ``Out``; ``K`` and ``V`` with ``N / GROUP`` heads and ``S`` keys,
 ``SQT``/``SQH`` and ``SKT``/``SKH`` their sequence and head strides); ``Lse``
-is ``[B, N, T]`` float32 in the natural-log domain. The causal mask is
-``k <= q`` (``CausalChillMask``). Conditions (the binding checks them):
+is ``[B, N, T]`` float32 in the natural-log domain. The mask is inlined like
+in ``forward.py`` (its methods, for masks without arrays). Conditions (the binding checks them):
 ``T % BLOCK_M == 0``, ``S % BLOCK_N == 0``, ``HEAD_DIM`` 64 or 128, every
 query and key length the sequence length.
 """
@@ -33,7 +33,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from .tiles import seq_origin
+from .tiles import full_tile_span, seq_origin, tile_loop_bounds
 
 _LOG2E = gl.constexpr(1.4426950408889634)
 
@@ -58,7 +58,8 @@ def _seq_descriptor(X, batch, HEADS: gl.constexpr, LEN: gl.constexpr, ST: gl.con
 def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty,
             q_row, kv_row, q_col, kv_col, n_tiles,
             HALF_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr):
-    """The loader warp: Q's two halves once, then K and V tile by tile."""
+    """The loader warp: Q's two halves once, then K and V tile by tile
+    (``kv_row`` is the first visited tile's row)."""
     mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(q_desc, [q_row, q_col], q_bar, q_smem.index(0))
     tma.async_copy_global_to_shared(q_desc, [q_row + HALF_M, q_col], q_bar, q_smem.index(1))
@@ -78,30 +79,43 @@ def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_em
 
 @gluon.jit
 def _softmax_step(s, m_i, l_i, qk_scale, q_start, k_start, MASKED: gl.constexpr, s_layout: gl.constexpr,
-                  HALF_M: gl.constexpr, BLOCK_N: gl.constexpr):
+                  HALF_M: gl.constexpr, BLOCK_N: gl.constexpr, KV_LEN: gl.constexpr, MASK_FN: gl.constexpr,
+                  MASK_TAKES_LEN: gl.constexpr, ARGS):
     """One tile of the online softmax on raw scores ``s`` (float32, MMA
     layout): returns P (float32), the rescale factor for the accumulator and
-    the updated running max and sum (log2 domain, scaled)."""
+    the updated running max and sum (log2 domain, scaled). With ``MASKED``
+    the mask's method decides which entries count; a row with no allowed
+    key so far keeps max ``-inf`` and gets P = 0."""
     if MASKED:
         rows = q_start + gl.arange(0, HALF_M, layout=gl.SliceLayout(1, s_layout))
         cols = k_start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-        allowed = gl.expand_dims(cols, 0) <= gl.expand_dims(rows, 1)
-        s = gl.where(allowed, s, float("-inf"))
-    m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
-    p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
-    alpha = gl.exp2(m_i - m_new)
+        if MASK_TAKES_LEN:
+            allowed = MASK_FN(rows, cols, KV_LEN, ARGS)
+        else:
+            allowed = MASK_FN(rows, cols, ARGS)
+        s = gl.where(allowed.to(gl.int1), s, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+        shift = gl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+        shift = m_new
+    p = gl.exp2(s * qk_scale - gl.expand_dims(shift, 1))
+    alpha = gl.exp2(m_i - shift)
     l_i = l_i * alpha + gl.sum(p, axis=1)
     return p, alpha, m_new, l_i
 
 
 @gluon.jit
 def _compute(q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty,
-             o_desc, Lse, qk_scale, q_row, q_col, q_start, lse_base, n_tiles, n_unmasked,
+             o_desc, Lse, qk_scale, q_row, q_col, q_start, lse_base, first, n_tiles, full_lo, full_hi, ARGS,
              HALF: gl.constexpr, HALF_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-             NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+             NUM_STAGES: gl.constexpr, KV_LEN: gl.constexpr, MASK_FN: gl.constexpr,
+             MASK_TAKES_LEN: gl.constexpr, UNMASKED: gl.constexpr):
     """One compute warp group: the flash-attention loop over ``n_tiles`` key
-    tiles for query rows ``q_start + [0, HALF_M)``, then the output tile and
-    its log-sum-exps. Tiles from ``n_unmasked`` on evaluate the causal mask."""
+    tiles from ``first`` for query rows ``q_start + [0, HALF_M)``, then the
+    output tile and its log-sum-exps. Tiles outside ``[full_lo, full_hi)``
+    evaluate the mask (none with ``UNMASKED``); with no tile at all the rows
+    get 0 and ``-inf``."""
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -115,61 +129,67 @@ def _compute(q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty,
     l_i = gl.zeros([HALF_M], gl.float32, gl.SliceLayout(1, s_layout))
 
     mbarrier.wait(q_bar, 0)
-    # Tile 0: its scores and softmax, nothing to overlap with yet.
-    mbarrier.wait(k_ready.index(0), 0)
-    s = warpgroup_mma(q, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-    s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-    mbarrier.arrive(k_empty.index(0), count=1)
-    if CAUSAL:
-        if n_unmasked == 0:
-            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, q_start, 0, True, s_layout, HALF_M, BLOCK_N)
+    if n_tiles > 0:
+        # Tile 0: its scores and softmax, nothing to overlap with yet.
+        mbarrier.wait(k_ready.index(0), 0)
+        s = warpgroup_mma(q, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+        mbarrier.arrive(k_empty.index(0), count=1)
+        if UNMASKED:
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, q_start, first, False, s_layout, HALF_M,
+                                               BLOCK_N, KV_LEN, MASK_FN, MASK_TAKES_LEN, ARGS)
+        elif (first < full_lo) | (first >= full_hi):
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, q_start, first, True, s_layout, HALF_M,
+                                               BLOCK_N, KV_LEN, MASK_FN, MASK_TAKES_LEN, ARGS)
         else:
-            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, q_start, 0, False, s_layout, HALF_M, BLOCK_N)
-    else:
-        p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, q_start, 0, False, s_layout, HALF_M, BLOCK_N)
-    p_op = gl.convert_layout(p.to(dtype), p_layout)
-
-    # Tile j's scores are issued, then tile j - 1's P V, then tile j's
-    # softmax runs while P V is on the tensor cores.
-    for j in range(1, n_tiles):
-        slot = j % NUM_STAGES
-        prev = (j - 1) % NUM_STAGES
-        mbarrier.wait(k_ready.index(slot), (j // NUM_STAGES) & 1)
-        s = warpgroup_mma(q, k_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
-        mbarrier.wait(v_ready.index(prev), ((j - 1) // NUM_STAGES) & 1)
-        acc = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
-        s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
-        mbarrier.arrive(k_empty.index(slot), count=1)
-        if CAUSAL:
-            if j >= n_unmasked:
-                p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, q_start, j * BLOCK_N, True, s_layout,
-                                                   HALF_M, BLOCK_N)
-            else:
-                p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, q_start, j * BLOCK_N, False, s_layout,
-                                                   HALF_M, BLOCK_N)
-        else:
-            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, q_start, j * BLOCK_N, False, s_layout,
-                                               HALF_M, BLOCK_N)
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        mbarrier.arrive(v_empty.index(prev), count=1)
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, q_start, first, False, s_layout, HALF_M,
+                                               BLOCK_N, KV_LEN, MASK_FN, MASK_TAKES_LEN, ARGS)
         p_op = gl.convert_layout(p.to(dtype), p_layout)
 
-    last = (n_tiles - 1) % NUM_STAGES
-    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
-    mbarrier.wait(v_ready.index(last), ((n_tiles - 1) // NUM_STAGES) & 1)
-    acc = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
-    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-    mbarrier.arrive(v_empty.index(last), count=1)
+        # Tile j's scores are issued, then tile j - 1's P V, then tile j's
+        # softmax runs while P V is on the tensor cores.
+        for j in range(1, n_tiles):
+            slot = j % NUM_STAGES
+            prev = (j - 1) % NUM_STAGES
+            k_start = first + j * BLOCK_N
+            mbarrier.wait(k_ready.index(slot), (j // NUM_STAGES) & 1)
+            s = warpgroup_mma(q, k_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+            mbarrier.wait(v_ready.index(prev), ((j - 1) // NUM_STAGES) & 1)
+            acc = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
+            s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))
+            mbarrier.arrive(k_empty.index(slot), count=1)
+            if UNMASKED:
+                p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, q_start, k_start, False, s_layout,
+                                                   HALF_M, BLOCK_N, KV_LEN, MASK_FN, MASK_TAKES_LEN, ARGS)
+            elif (k_start < full_lo) | (k_start >= full_hi):
+                p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, q_start, k_start, True, s_layout,
+                                                   HALF_M, BLOCK_N, KV_LEN, MASK_FN, MASK_TAKES_LEN, ARGS)
+            else:
+                p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, qk_scale, q_start, k_start, False, s_layout,
+                                                   HALF_M, BLOCK_N, KV_LEN, MASK_FN, MASK_TAKES_LEN, ARGS)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(v_empty.index(prev), count=1)
+            p_op = gl.convert_layout(p.to(dtype), p_layout)
 
-    l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))
+        last = (n_tiles - 1) % NUM_STAGES
+        acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+        mbarrier.wait(v_ready.index(last), ((n_tiles - 1) // NUM_STAGES) & 1)
+        acc = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        mbarrier.arrive(v_empty.index(last), count=1)
+
+    # Rows without an allowed key (l = 0) get 0 and lse -inf.
+    l_safe = gl.where(l_i == 0.0, 1.0, l_i)
+    l_o = gl.convert_layout(l_safe, gl.SliceLayout(1, o_layout))
     out = acc / gl.expand_dims(l_o, 1)
     # Q's half is free now: it stages the output tile for the TMA store.
     q.store(out.to(dtype))
     fence_async_shared()
     tma.async_copy_shared_to_global(o_desc, [q_row + HALF * HALF_M, q_col], q)
     rows = gl.arange(0, HALF_M, layout=gl.SliceLayout(1, s_layout))
-    gl.store(Lse + lse_base + q_start + rows, (m_i + gl.log2(l_i)) / _LOG2E)
+    lse = gl.where(l_i == 0.0, float("-inf"), (m_i + gl.log2(l_safe)) / _LOG2E)
+    gl.store(Lse + lse_base + q_start + rows, lse)
     tma.store_wait(pendings=0)
 
 
@@ -178,9 +198,18 @@ def attn_fwd_gluon(Q, K, V, sm_scale, Out, Lse,
                    SQT: gl.constexpr, SQH: gl.constexpr, SKT: gl.constexpr, SKH: gl.constexpr,
                    NUM_HEADS: gl.constexpr, GROUP: gl.constexpr, Q_LEN: gl.constexpr, KV_LEN: gl.constexpr,
                    HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                   NUM_STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+                   NUM_STAGES: gl.constexpr, MASK_FN: gl.constexpr, MASK_TAKES_LEN: gl.constexpr,
+                   K_RANGE_FN: gl.constexpr, K_CONTINUOUS: gl.constexpr, FULL_FN: gl.constexpr,
+                   SPLIT_FULL: gl.constexpr, UNMASKED: gl.constexpr, PACK: gl.constexpr,
+                   A0: gl.constexpr, A1: gl.constexpr, A2: gl.constexpr, A3: gl.constexpr,
+                   A4: gl.constexpr, A5: gl.constexpr, A6: gl.constexpr, A7: gl.constexpr,
+                   A8: gl.constexpr, A9: gl.constexpr, A10: gl.constexpr, A11: gl.constexpr,
+                   A12: gl.constexpr, A13: gl.constexpr, A14: gl.constexpr, A15: gl.constexpr):
     """Grid ``(Q_LEN // BLOCK_M, B * NUM_HEADS)``, launched with 4 warps (the
-    first compute group; the partitions add the rest, 12 in all)."""
+    first compute group; the partitions add the rest, 12 in all). The mask
+    arrives as ``attn_fwd``'s mask constexprs for a mask without arrays
+    (``PACK`` and ``A0 .. A15`` its constants); ``UNMASKED`` (full
+    attention) skips the ranges and the mask altogether."""
     HALF_M: gl.constexpr = BLOCK_M // 2
     KV_HEADS: gl.constexpr = NUM_HEADS // GROUP
     dtype: gl.constexpr = Q.dtype.element_ty
@@ -214,26 +243,36 @@ def attn_fwd_gluon(Q, K, V, sm_scale, Out, Lse,
         mbarrier.init(v_empty.index(i), count=2)
 
     q_start = pid_m * BLOCK_M
-    if CAUSAL:
-        # Keys past the tile's last query are masked, and so is every key
-        # from the first tile that reaches the tile's first query.
-        n_tiles = gl.cdiv(gl.minimum(q_start + BLOCK_M, KV_LEN), BLOCK_N)
-        n_unmasked = gl.minimum(q_start // BLOCK_N, n_tiles)
+    ARGS = PACK(A0, A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12, A13, A14, A15)
+    if UNMASKED:
+        first = q_start * 0
+        end = first + KV_LEN
+        full_lo = first
+        full_hi = end
     else:
-        n_tiles = KV_LEN // BLOCK_N
-        n_unmasked = n_tiles
+        # The key tiles the query tile's key range reaches, and among them
+        # the run the mask declares full (no mask evaluated there).
+        first, end = tile_loop_bounds(q_start, BLOCK_M, KV_LEN, K_RANGE_FN, K_CONTINUOUS, BLOCK_M, ARGS, BLOCK_N)
+        if SPLIT_FULL:
+            full_lo, full_hi = full_tile_span(q_start, first, end, KV_LEN, KV_LEN, FULL_FN, True, BLOCK_M,
+                                              BLOCK_N, ARGS)
+        else:
+            full_lo = end
+            full_hi = end
+    n_tiles = gl.cdiv(gl.maximum(end - first, 0), BLOCK_N)
     q_row, q_col = seq_origin(b, h, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM)
     q_row = q_row + q_start
     kv_row, kv_col = seq_origin(b, kvh, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM)
+    kv_row = kv_row + first
     lse_base = pid_bh * Q_LEN
     qk_scale = sm_scale * _LOG2E
     gl.warp_specialize([
         (_compute, (q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, Lse, qk_scale,
-                    q_row, q_col, q_start, lse_base, n_tiles, n_unmasked,
-                    0, HALF_M, BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL)),
+                    q_row, q_col, q_start, lse_base, first, n_tiles, full_lo, full_hi, ARGS,
+                    0, HALF_M, BLOCK_N, HEAD_DIM, NUM_STAGES, KV_LEN, MASK_FN, MASK_TAKES_LEN, UNMASKED)),
         (_compute, (q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty, o_desc, Lse, qk_scale,
-                    q_row, q_col, q_start + HALF_M, lse_base, n_tiles, n_unmasked,
-                    1, HALF_M, BLOCK_N, HEAD_DIM, NUM_STAGES, CAUSAL)),
+                    q_row, q_col, q_start + HALF_M, lse_base, first, n_tiles, full_lo, full_hi, ARGS,
+                    1, HALF_M, BLOCK_N, HEAD_DIM, NUM_STAGES, KV_LEN, MASK_FN, MASK_TAKES_LEN, UNMASKED)),
         (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty,
                    q_row, kv_row, q_col, kv_col, n_tiles, HALF_M, BLOCK_N, NUM_STAGES)),
     ], [4, 1], [232, 24])

@@ -215,6 +215,9 @@ def test_key_split_forwards_compile_for_sm90(mask):
     ("BTNH", 128, 4, jnp.float16, chill_jax.CausalChillMask()),
     ("BNTH", 64, 1, jnp.float16, chill_jax.FullChillMask()),
     ("BTNH", 64, 2, jnp.bfloat16, chill_jax.CausalChillMask()),
+    ("BTNH", 128, 2, jnp.bfloat16, chill_jax.SlidingWindowChillMask(100, 60)),
+    ("BNTH", 64, 1, jnp.float16, chill_jax.ChunkwiseChillMask(96, 1)),
+    ("BTNH", 128, 1, jnp.bfloat16, chill_jax.PrefixLMChillMask(300)),
 ], ids=lambda c: f"{c[0]}-d{c[1]}-g{c[2]}-{dtype_name(c[3])}-{type(c[4]).__name__}")
 def test_gluon_forward_compiles_for_sm90(monkeypatch, case):
     """The Gluon forward (``KernelConfig.gluon``), launched the way the
@@ -233,7 +236,7 @@ def test_gluon_forward_compiles_for_sm90(monkeypatch, case):
         lambda q, k, v: chill_jax.attention(q, k, v, mask, layout=layout, config=config, implementation="interpret"),
         q, kv, kv, execute=False)
     assert [launch[0].fn.__name__ for launch in launches] == ["attn_fwd_gluon"]
-    assert launches[0][3]["CAUSAL"] == isinstance(mask, CausalChillMask)
+    assert launches[0][3]["UNMASKED"] == isinstance(mask, chill_jax.FullChillMask)
     compiled = compile_check.compile_launch(launches[0])
     ptx = compiled.asm["ptx"]
     assert compiled.metadata.num_warps == 12
@@ -249,10 +252,14 @@ def test_gluon_forward_compiles_for_sm90(monkeypatch, case):
     ("BTNH", 128, 4, jnp.float16, chill_jax.CausalChillMask(), 2),
     ("BNTH", 64, 1, jnp.float16, chill_jax.FullChillMask(), 3),
     ("BTNH", 64, 2, jnp.bfloat16, chill_jax.CausalChillMask(), 4),
+    ("BTNH", 128, 2, jnp.bfloat16, chill_jax.SlidingWindowChillMask(100, 60), 2),
+    ("BNTH", 64, 1, jnp.float16, chill_jax.ChunkwiseChillMask(96, 1), 3),
+    ("BTNH", 128, 1, jnp.bfloat16, chill_jax.PrefixLMChillMask(300), 2),
 ], ids=lambda c: f"{c[0]}-d{c[1]}-g{c[2]}-{dtype_name(c[3])}-{type(c[4]).__name__}-{c[5]}stages")
 def test_gluon_backward_compiles_for_sm90(monkeypatch, case):
     """The Gluon one-pass backward (``KernelConfig.gluon`` on ``bwd_dkdv``),
-    launched the way the binding launches it where the GPU allows it: one
+    for the built-in masks without arrays, launched the way the binding
+    launches it where the GPU allows it: one
     backward launch (no dQ launch), an sm_90 build with two compute warp
     groups and a loader warp, ``wgmma`` with operands from registers and
     transposed shared memory, dQ added by TMA reductions, register
@@ -273,7 +280,7 @@ def test_gluon_backward_compiles_for_sm90(monkeypatch, case):
     jax.clear_caches()  # record_launches sees only launches traced anew
     launches = compile_check.record_launches(fb, q, kv, kv, execute=False)
     assert [launch[0].fn.__name__ for launch in launches] == ["attn_fwd", "attn_bwd_gluon"]
-    assert launches[1][3]["CAUSAL"] == isinstance(mask, CausalChillMask)
+    assert launches[1][3]["UNMASKED"] == isinstance(mask, chill_jax.FullChillMask)
     compiled = compile_check.compile_launch(launches[1])
     ptx = compiled.asm["ptx"]
     assert compiled.metadata.num_warps == 12

@@ -14,6 +14,7 @@ import chill_jax
 from chill_jax import AttentionConfig, CausalChillMask, FullChillMask, KernelConfig, _launch
 from chill_jax.configs import default_config, kernel_config_from_dict
 import compile_check
+from custom_masks import LocalWindowMask
 from testing_utils import attention_and_grads, check_against_reference, layout_shape, normal, random_qkv
 
 GLUON = KernelConfig(128, 128, 4, 2, warp_specialize=True, gluon=True)
@@ -72,7 +73,11 @@ def _with_fwd(**fields):
     return dataclasses.replace(CONFIG, fwd=dataclasses.replace(GLUON, **fields))
 
 
-@pytest.mark.parametrize("mask", [FullChillMask(), CausalChillMask()], ids=repr)
+_MASKS = [FullChillMask(), CausalChillMask(), chill_jax.SlidingWindowChillMask(64, 0),
+          chill_jax.ChunkwiseChillMask(64, 1), chill_jax.PrefixLMChillMask(96)]
+
+
+@pytest.mark.parametrize("mask", _MASKS, ids=repr)
 @pytest.mark.parametrize("layout", ["BTNH", "BNTH"])
 def test_binding_takes_gluon_where_allowed(monkeypatch, mask, layout):
     monkeypatch.setattr(_launch, "can_run_gluon", lambda implementation: True)
@@ -89,7 +94,8 @@ def test_binding_takes_gluon_where_allowed(monkeypatch, mask, layout):
     ("partial key tile", {}, dict(s=320), CausalChillMask()),
     ("float32", {}, dict(dtype=jnp.float32), FullChillMask()),
     ("head dim 96", {}, dict(d=96), FullChillMask()),
-    ("sliding window", {}, {}, chill_jax.SlidingWindowChillMask(64, 0)),
+    ("a custom mask", {}, {}, LocalWindowMask(32, 32)),
+    ("a mask with arrays", {}, {}, chill_jax.DocumentChillMask(np.zeros((2, 256), np.int32))),
     ("mask subclass", {}, {}, _MyFull()),
     ("prescale_qk", dict(prescale_qk=True), {}, CausalChillMask()),
     ("explicit key split", dict(config=_with_fwd(kv_splits=2)), {}, FullChillMask()),
@@ -129,6 +135,12 @@ _GPU_CASES = [
     ("BNTH", 128, 2, 2, 256, 640, jnp.float16, CausalChillMask()),
     ("BTNH", 64, 4, 4, 256, 384, jnp.bfloat16, FullChillMask()),
     ("BNTH", 64, 4, 1, 640, 640, jnp.float16, CausalChillMask()),
+    ("BTNH", 128, 4, 2, 1024, 1024, jnp.bfloat16, chill_jax.SlidingWindowChillMask(100, 60)),
+    ("BNTH", 128, 2, 1, 512, 768, jnp.float16, chill_jax.SlidingWindowChillMask(0, 200)),
+    ("BTNH", 128, 2, 2, 768, 768, jnp.bfloat16, chill_jax.ChunkwiseChillMask(128, 2)),
+    ("BNTH", 64, 4, 2, 640, 512, jnp.bfloat16, chill_jax.ChunkwiseChillMask(96, 1)),
+    ("BTNH", 128, 4, 4, 1024, 1024, jnp.bfloat16, chill_jax.PrefixLMChillMask(300)),
+    ("BNTH", 64, 2, 2, 384, 640, jnp.float16, chill_jax.PrefixLMChillMask(512)),
 ]
 
 

@@ -15,6 +15,7 @@ import chill_jax
 from chill_jax import AttentionConfig, CausalChillMask, FullChillMask, KernelConfig, _launch
 from chill_jax.configs import attention_config_from_dict, default_config
 import compile_check
+from custom_masks import LocalWindowMask
 from testing_utils import attention_and_grads, check_against_reference, layout_shape, normal, random_qkv
 
 GLUON_BWD = KernelConfig(64, 128, 4, 2, gluon=True)
@@ -66,7 +67,11 @@ def _with_bwd(**fields):
     return dataclasses.replace(CONFIG, bwd_dkdv=dataclasses.replace(GLUON_BWD, **fields))
 
 
-@pytest.mark.parametrize("mask", [FullChillMask(), CausalChillMask()], ids=repr)
+_MASKS = [FullChillMask(), CausalChillMask(), chill_jax.SlidingWindowChillMask(64, 64),
+          chill_jax.ChunkwiseChillMask(64, 1), chill_jax.PrefixLMChillMask(96)]
+
+
+@pytest.mark.parametrize("mask", _MASKS, ids=repr)
 @pytest.mark.parametrize("layout", ["BTNH", "BNTH"])
 def test_binding_takes_gluon_backward_where_allowed(monkeypatch, mask, layout):
     """One backward launch, no dQ launch: the Gluon kernel computes dQ too."""
@@ -81,7 +86,8 @@ def test_binding_takes_gluon_backward_where_allowed(monkeypatch, mask, layout):
     ("query lengths", dict(q_lengths=np.asarray([256, 100], np.int32)), {}, CausalChillMask()),
     ("key lengths", dict(kv_lengths=np.asarray([256, 100], np.int32)), {}, FullChillMask()),
     ("a mask subclass", {}, {}, _MyCausal()),
-    ("another mask", {}, {}, chill_jax.SlidingWindowChillMask(64, 64)),
+    ("a custom mask", {}, {}, LocalWindowMask(32, 32)),
+    ("a mask with arrays", {}, {}, chill_jax.DocumentChillMask(np.zeros((2, 256), np.int32))),
     ("float32", {}, dict(dtype=jnp.float32), CausalChillMask()),
     ("head dim 96", {}, dict(d=96), CausalChillMask()),
     ("partial query tile", {}, dict(t=200), FullChillMask()),
@@ -133,6 +139,12 @@ _GPU_CASES = [
     ("BNTH", 64, 4, 1, 640, 640, jnp.float16, CausalChillMask(), 3),
     ("BTNH", 64, 4, 2, 512, 256, jnp.bfloat16, CausalChillMask(), 4),
     ("BNTH", 64, 2, 2, 320, 1024, jnp.float16, FullChillMask(), 3),
+    ("BTNH", 128, 4, 2, 1024, 1024, jnp.bfloat16, chill_jax.SlidingWindowChillMask(100, 60), 2),
+    ("BNTH", 128, 2, 1, 512, 768, jnp.float16, chill_jax.SlidingWindowChillMask(0, 200), 2),
+    ("BTNH", 128, 2, 2, 768, 768, jnp.bfloat16, chill_jax.ChunkwiseChillMask(128, 2), 2),
+    ("BNTH", 64, 4, 2, 640, 512, jnp.bfloat16, chill_jax.ChunkwiseChillMask(96, 1), 3),
+    ("BTNH", 128, 4, 4, 1024, 1024, jnp.bfloat16, chill_jax.PrefixLMChillMask(300), 2),
+    ("BNTH", 64, 2, 2, 384, 640, jnp.float16, chill_jax.PrefixLMChillMask(512), 4),
 ]
 
 
