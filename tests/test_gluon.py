@@ -49,7 +49,7 @@ def test_config_json_round_trip():
         kernel_config_from_dict({**data, "gluon": "yes"}, "test")
 
 
-@pytest.mark.parametrize("mask", [FullChillMask(), CausalChillMask()], ids=repr)
+@pytest.mark.parametrize("mask", [FullChillMask(), CausalChillMask(), chill_jax.PrefixLMChillMask(512)], ids=repr)
 def test_hopper_table_takes_gluon_at_d128(mask):
     fwd = default_config("triton", 128, 1, mask, generation="hopper").fwd
     assert fwd.gluon and fwd.warp_specialize and (fwd.block_m, fwd.block_n) == (128, 128)

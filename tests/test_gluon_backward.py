@@ -109,7 +109,7 @@ def test_binding_falls_back(monkeypatch, case):
 
 
 def test_hopper_table_takes_gluon_backward_at_d128():
-    for mask in (FullChillMask(), CausalChillMask()):
+    for mask in (FullChillMask(), CausalChillMask(), chill_jax.PrefixLMChillMask(512)):
         bwd = default_config("triton", 128, 1, mask, generation="hopper").bwd_dkdv
         assert bwd.gluon and (bwd.block_m, bwd.block_n, bwd.num_stages) == (64, 128, 2)
 
