@@ -116,10 +116,13 @@ def _forward(static: _Static, q, k, v, q_lens, kv_lens, arrays=()):
     if splits == 1 and _gluon(static, static.config.fwd, geo, q, arrays):
         cfg = static.config.fwd
         spec = static.mask.spec(cfg.block_m, cfg.block_n, geo["KV_LEN"])
+        # Persistent: one program per multiprocessor (or per output tile).
+        items = t // cfg.block_m * b * n
         return _launch.launch(
-            attn_fwd_gluon, grid=(t // cfg.block_m, b * n), args=[q, k, v, static.sm_scale],
+            attn_fwd_gluon, grid=(min(items, multiprocessors or items),),
+            args=[q, k, v, static.sm_scale],
             out_shapes=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, n, t), jnp.float32)],
-            constexprs=dict(SQT=geo["SQT"], SQH=geo["SQH"], SKT=geo["SKT"], SKH=geo["SKH"], NUM_HEADS=n,
+            constexprs=dict(SQT=geo["SQT"], SQH=geo["SQH"], SKT=geo["SKT"], SKH=geo["SKH"], BATCH=b, NUM_HEADS=n,
                             GROUP=geo["GROUP"], Q_LEN=t, KV_LEN=geo["KV_LEN"], HEAD_DIM=d, BLOCK_M=cfg.block_m,
                             BLOCK_N=cfg.block_n, NUM_STAGES=cfg.num_stages, SPLIT_FULL=_split_full(spec),
                             UNMASKED=type(static.mask) is FullChillMask,
@@ -217,9 +220,10 @@ def _gluon_allowed(static: _Static, cfg: KernelConfig, geo: dict[str, Any], q, a
 
 def _gluon(static: _Static, cfg: KernelConfig, geo: dict[str, Any], q, arrays) -> bool:
     """Whether the forward runs ``attn_fwd_gluon`` (``KernelConfig.gluon``):
-    :func:`_gluon_allowed`, with the Q tile plus ``num_stages`` K and V
-    tiles in shared memory."""
-    shared = (cfg.block_m + 2 * cfg.num_stages * cfg.block_n) * geo["HEAD_DIM"] * 2
+    :func:`_gluon_allowed`, with the Q tile, the output's staging tile and
+    ``num_stages`` K and V tiles in shared memory (at D=128 and block_n 128
+    that allows 2 stages)."""
+    shared = (2 * cfg.block_m + 2 * cfg.num_stages * cfg.block_n) * geo["HEAD_DIM"] * 2
     return _gluon_allowed(static, cfg, geo, q, arrays, attn_fwd_gluon, _GLUON_MASKS, shared)
 
 

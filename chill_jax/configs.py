@@ -483,9 +483,11 @@ _SMALL_D = dict(
 # 2.40 against 2.48 for causal (H200, NOTES, sixth session); where a call
 # cannot take it, it runs attn_fwd with 64 keys. The Gluon forward
 # (KernelConfig.gluon) ran them in 3.86 and 2.04 ms against 4.21 and 2.40
-# for attn_fwd_ws (ninth session, same process). At D=64 it lost at the
-# benchmark shape (S1 full 1.40 against 1.34 ms, causal 0.89 against 0.79),
-# so there it is a candidate for other shapes, not a default. The Gluon
+# for attn_fwd_ws (ninth session, same process); made persistent (one
+# program per SM, eleventh session) it runs the D=128 sliding-window and
+# chunkwise forwards too. At D=64 it ties at the benchmark shape (S1 full
+# 1.29 against 1.34 ms, causal 0.80 against 0.73), so there it is a
+# candidate for other shapes, not a default. The Gluon
 # one-pass backward (bwd_dkdv gluon) ran the S2 f+b in 15.81 and 8.63 ms
 # against 17.82 and 9.55 (full, causal; tenth session); at D=64 it won at full
 # (S1 5.43 against 5.60 ms) and lost at causal (3.19 against 3.06), so there

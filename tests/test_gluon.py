@@ -49,7 +49,9 @@ def test_config_json_round_trip():
         kernel_config_from_dict({**data, "gluon": "yes"}, "test")
 
 
-@pytest.mark.parametrize("mask", [FullChillMask(), CausalChillMask(), chill_jax.PrefixLMChillMask(512)], ids=repr)
+@pytest.mark.parametrize("mask", [FullChillMask(), CausalChillMask(), chill_jax.PrefixLMChillMask(512),
+                                  chill_jax.SlidingWindowChillMask(256, 256), chill_jax.ChunkwiseChillMask(128, 2)],
+                         ids=repr)
 def test_hopper_table_takes_gluon_at_d128(mask):
     fwd = default_config("triton", 128, 1, mask, generation="hopper").fwd
     assert fwd.gluon and fwd.warp_specialize and (fwd.block_m, fwd.block_n) == (128, 128)
@@ -172,3 +174,39 @@ def test_gluon_forward_matches_reference(kernel_implementation, rng, case, block
     again = attention_and_grads(q, k, v, mask, dout=dout, dlse=dlse, **kwargs)
     for name in ("out", "lse"):
         np.testing.assert_array_equal(np.asarray(again[name]), np.asarray(result[name]), err_msg=name)
+
+
+@pytest.mark.parametrize("programs", [1, 5])
+@pytest.mark.parametrize("case", _GPU_CASES + [
+    # Query tiles past the window's reach (T > S + 64) visit no key tile.
+    ("BTNH", 128, 4, 2, 1024, 512, jnp.bfloat16, chill_jax.SlidingWindowChillMask(64, 0)),
+], ids=lambda c: f"{c[0]}-d{c[1]}-n{c[2]}-kv{c[3]}-t{c[4]}-s{c[5]}-{np.dtype(c[6]).name}-{type(c[7]).__name__}")
+def test_persistent_programs_match_reference(monkeypatch, kernel_implementation, rng, case, programs):
+    """On a Hopper GPU: the forward is persistent (one program per
+    multiprocessor, each taking every P-th output tile). With the count
+    pretended to be 1 or 5 each program runs many tiles, so the key/value
+    ring, the Q tiles' reuse and the output staging carry over from tile to
+    tile (and through tiles that visit no key); out and lse still match the
+    float64 reference and the grid has the pretended size."""
+    if not _launch.can_run_gluon(kernel_implementation):
+        pytest.skip("the Gluon forward needs a GPU of compute capability 9.x")
+    monkeypatch.setattr(_launch, "multiprocessors", lambda implementation: programs)
+    layout, d, heads, kv_heads, t, s, dtype, mask = case
+    config = _with_fwd(kv_splits=1)
+    q, k, v = random_qkv(rng, dtype, batch=2, q_len=t, kv_len=s, heads=heads, kv_heads=kv_heads, head_dim=d,
+                         layout=layout)
+    kwargs = dict(layout=layout, config=config, implementation=kernel_implementation)
+    grids = []
+    launch = _launch.launch
+
+    def spy(kernel, *, grid, **launch_kwargs):
+        grids.append(tuple(grid))
+        return launch(kernel, grid=grid, **launch_kwargs)
+
+    monkeypatch.setattr(_launch, "launch", spy)
+    jax.clear_caches()
+    launches = compile_check.record_launches(lambda q, k, v: chill_jax.attention(q, k, v, mask, **kwargs), q, k, v)
+    assert [launch[0].fn.__name__ for launch in launches] == ["attn_fwd_gluon"]
+    assert grids == [(programs,)]
+    result = attention_and_grads(q, k, v, mask, **kwargs)
+    check_against_reference(result, q, k, v, mask, layout=layout)
