@@ -12,6 +12,10 @@ import pytest
 # compile_check) import as top-level modules whatever pytest's import mode.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 matplotlib.use("Agg")
+# Under pytest-xdist every worker is a JAX process: on a GPU, each takes
+# memory as it needs it instead of XLA's default 75% up front.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import testing_utils  # noqa: E402
 

@@ -24,6 +24,10 @@ import warnings
 
 import pytest
 
+# One pytest-xdist worker runs every test here (``--dist loadgroup``): they
+# share the module's subprocess, which takes minutes.
+pytestmark = pytest.mark.xdist_group("sharding")
+
 B, T, N, D = 4, 64, 4, 16
 # Relative max error against the unsharded run: the same kernels on the same
 # data, except that dK/dV summed over devices (k/v heads shared by query heads
