@@ -47,7 +47,7 @@ from triton._C.libtriton import ir
 from triton.experimental.gluon.language._core import builtin
 from triton.runtime.jit import constexpr_function
 
-from .forward_gluon import _seq_descriptor
+from .forward_gluon import _ring_load, _seq_descriptor
 from .tiles import full_tile_span, seq_origin, tile_loop_bounds
 
 _LOG2E = gl.constexpr(1.4426950408889634)
@@ -96,12 +96,8 @@ def _bwd_loader(q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem
         # A fresh mbarrier counts as having completed the phase before its
         # first, so the first pass through the ring does not wait.
         free = ((i // NUM_STAGES) & 1) ^ 1
-        mbarrier.wait(q_empty.index(slot), free)
-        mbarrier.expect(q_ready.index(slot), q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [row, col], q_ready.index(slot), q_smem.index(slot))
-        mbarrier.wait(do_empty.index(slot), free)
-        mbarrier.expect(do_ready.index(slot), do_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(do_desc, [row, col], do_ready.index(slot), do_smem.index(slot))
+        _ring_load(q_desc, row, col, q_ready, q_empty, q_smem, slot, free)
+        _ring_load(do_desc, row, col, do_ready, do_empty, do_smem, slot, free)
 
 
 @gluon.jit

@@ -55,6 +55,16 @@ def _seq_descriptor(X, batch, HEADS: gl.constexpr, LEN: gl.constexpr, ST: gl.con
 
 
 @gluon.jit
+def _ring_load(desc, row, col, ready, empty, smem, slot, free_phase):
+    """Copies ``desc``'s block at ``[row, col]`` into ring slot ``slot`` by
+    TMA once the slot's ``empty`` barrier has completed ``free_phase``; the
+    slot's ``ready`` barrier completes when the bytes have landed."""
+    mbarrier.wait(empty.index(slot), free_phase)
+    mbarrier.expect(ready.index(slot), desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(desc, [row, col], ready.index(slot), smem.index(slot))
+
+
+@gluon.jit
 def _tile_keys(tile, BATCH: gl.constexpr, NUM_HEADS: gl.constexpr, Q_LEN: gl.constexpr, KV_LEN: gl.constexpr,
                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, K_RANGE_FN: gl.constexpr, K_CONTINUOUS: gl.constexpr,
                UNMASKED: gl.constexpr, ARGS):
@@ -101,21 +111,15 @@ def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_
         # first, so the first item (and the first pass through the ring)
         # does not wait.
         for half in gl.static_range(2):
-            mbarrier.wait(q_empty.index(half), (item & 1) ^ 1)
-            mbarrier.expect(q_ready.index(half), q_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(q_desc, [q_row + q_start + half * HALF_M, q_col],
-                                            q_ready.index(half), q_smem.index(half))
+            _ring_load(q_desc, q_row + q_start + half * HALF_M, q_col, q_ready, q_empty, q_smem, half,
+                       (item & 1) ^ 1)
         n_tiles = gl.cdiv(gl.maximum(end - first, 0), BLOCK_N)
         for j in range(n_tiles):
             slot = (count + j) % NUM_STAGES
             free = (((count + j) // NUM_STAGES) & 1) ^ 1
             row = kv_row + first + j * BLOCK_N
-            mbarrier.wait(k_empty.index(slot), free)
-            mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(k_desc, [row, kv_col], k_ready.index(slot), k_smem.index(slot))
-            mbarrier.wait(v_empty.index(slot), free)
-            mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(v_desc, [row, kv_col], v_ready.index(slot), v_smem.index(slot))
+            _ring_load(k_desc, row, kv_col, k_ready, k_empty, k_smem, slot, free)
+            _ring_load(v_desc, row, kv_col, v_ready, v_empty, v_smem, slot, free)
         count += n_tiles
         item += 1
 
