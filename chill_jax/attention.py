@@ -230,9 +230,9 @@ def _gluon(static: _Static, cfg: KernelConfig, geo: dict[str, Any], q, arrays) -
 def _gluon_backward(static: _Static, cfg: KernelConfig, geo: dict[str, Any], q, arrays) -> bool:
     """Whether the backward runs ``attn_bwd_gluon`` (``KernelConfig.gluon``
     on ``bwd_dkdv``): :func:`_gluon_allowed` for its 64x128 tile, for the
-    built-in masks without arrays (``_GLUON_MASKS``), with the ring
-    of ``num_stages`` Q and dO tiles, the key and value tile, and the dS and
-    dQ staging tiles in shared memory (at D=128 that allows 2 stages)."""
+    built-in masks without arrays (``_GLUON_MASKS``), with the ring of
+    ``num_stages`` Q and dO tiles, the key and value tile, and the dS and dQ
+    staging tiles in shared memory (at D=128 that allows 2 stages)."""
     d = geo["HEAD_DIM"]
     # Q and dO ring, K and V, dS^T (2 steps x 2 groups), dQ staging (float32,
     # 2 x 2 half tiles), and 1 KB for the barriers.

@@ -29,8 +29,9 @@ strides). ``Lse`` (natural log) and ``Delta`` (``rowsum(dOut * Out) -
 dLse``) are float32 ``[B, N, T]``; ``DQ`` is float32 with Q's shape and
 strides and must hold zeros at launch; it receives ``dQ`` already scaled.
 The mask is inlined like in ``backward.py`` (its methods, for masks
-without arrays). Conditions (the binding checks them): ``T % BLOCK_M == 0``, ``S % BLOCK_N == 0``, ``HEAD_DIM`` 64 or
-128, every query and key length the sequence length.
+without arrays). Conditions (the binding checks them): ``T % BLOCK_M ==
+0``, ``S % BLOCK_N == 0``, ``HEAD_DIM`` 64 or 128, every query and key
+length the sequence length.
 """
 
 from triton.experimental import gluon

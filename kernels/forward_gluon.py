@@ -1,8 +1,9 @@
 # Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
 """Hopper forward written with explicit warp specialization (Gluon).
 
-One program computes a ``[BLOCK_M, HEAD_DIM]`` output tile for one (batch,
-head) with three partitions:
+A persistent kernel: each program computes ``[BLOCK_M, HEAD_DIM]`` output
+tiles (one (batch, head) and query tile each) one after another, with three
+partitions:
 
 * two compute warp groups (4 warps each), each owning ``BLOCK_M // 2`` query
   rows: ``S = Q K^T`` and ``O += P V`` on the tensor cores (``wgmma``, P from
@@ -10,16 +11,21 @@ head) with three partitions:
   next tile's ``Q K^T`` is issued before this tile's softmax, so the softmax
   runs while the tensor cores work (the intra-warpgroup overlap of
   FlashAttention-3); the two groups overlap each other's softmax and MMAs;
-* one loader warp that copies Q once and the K and V tiles into a ring of
-  ``NUM_STAGES`` shared-memory slots by TMA, with ready/empty mbarriers per
-  slot (each slot is released by both compute groups).
+* one loader warp that copies each output tile's Q halves (as soon as the
+  group that owns one has issued its last ``Q K^T`` of the previous tile)
+  and the K and V tiles into a ring of ``NUM_STAGES`` shared-memory slots
+  by TMA, with ready/empty mbarriers per slot (each slot is released by
+  both compute groups); the ring runs on from one output tile to the next.
+
+The output tile is staged in shared memory of its own and stored by TMA
+while the next tile runs.
 
 Inputs are contiguous 16-bit arrays, ``[B, T, N, D]`` or ``[B, N, T, D]``
 (``Q``, ``Out``; ``K`` and ``V`` with ``N / GROUP`` heads and ``S`` keys,
 ``SQT``/``SQH`` and ``SKT``/``SKH`` their sequence and head strides); ``Lse``
 is ``[B, N, T]`` float32 in the natural-log domain. The mask is inlined like
-in ``forward.py`` (its methods, for masks without arrays). Conditions (the binding checks them):
-``T % BLOCK_M == 0``, ``S % BLOCK_N == 0``, ``HEAD_DIM`` 64 or 128, every
+in ``forward.py`` (its methods, for masks without arrays). Conditions (the
+binding checks them): ``T % BLOCK_M == 0``, ``S % BLOCK_N == 0``, ``HEAD_DIM`` 64 or 128, every
 query and key length the sequence length.
 """
 
@@ -71,9 +77,10 @@ def _tile_keys(tile, BATCH: gl.constexpr, NUM_HEADS: gl.constexpr, Q_LEN: gl.con
     """Work item ``tile`` of the persistent loop: its (batch * heads) index,
     the start of its query tile, and the key tiles it visits (``first``, a
     multiple of ``BLOCK_N``, and ``end``). Query tiles are innermost, so the
-    items running at once share a few heads' keys and values in L2 (heads
-    innermost, the S2 full forward took 4.1 ms against 3.4 on an H200); within a head they go from the last
-    query tile to the first (a causal mask's longest loops first)."""
+    items running at once share a few heads' keys and values in L2 (with
+    heads innermost the S2 full forward took 4.1 ms, against 3.4, on an
+    H200); within a head they go from the last query tile to the first (a
+    causal mask's longest loops first)."""
     m_tiles: gl.constexpr = Q_LEN // BLOCK_M
     pid_bh = tile // m_tiles
     q_start = (m_tiles - 1 - tile % m_tiles) * BLOCK_M

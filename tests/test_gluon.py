@@ -85,8 +85,8 @@ def test_binding_takes_gluon_where_allowed(monkeypatch, mask, layout):
     monkeypatch.setattr(_launch, "can_run_gluon", lambda implementation: True)
     assert _chosen_kernels(*_shapes(layout=layout), mask, layout=layout, config=CONFIG) == ["attn_fwd_gluon"]
     assert _chosen_kernels(*_shapes(d=64, t=512, s=128), mask, config=CONFIG) == ["attn_fwd_gluon"]
-    assert _chosen_kernels(*_shapes(jnp.float16), mask, config=_with_fwd(block_n=64, num_stages=3, warp_specialize=False)) == [
-        "attn_fwd_gluon"]
+    narrow = _with_fwd(block_n=64, num_stages=3, warp_specialize=False)
+    assert _chosen_kernels(*_shapes(jnp.float16), mask, config=narrow) == ["attn_fwd_gluon"]
 
 
 @pytest.mark.parametrize("case", [
