@@ -24,10 +24,6 @@ import warnings
 
 import pytest
 
-# One pytest-xdist worker runs every test here (``--dist loadgroup``): they
-# share the module's subprocess, which takes minutes.
-pytestmark = pytest.mark.xdist_group("sharding")
-
 B, T, N, D = 4, 64, 4, 16
 # Relative max error against the unsharded run: the same kernels on the same
 # data, except that dK/dV summed over devices (k/v heads shared by query heads
@@ -263,6 +259,8 @@ def _worker(names: list[str]) -> None:
 # Tests (pytest's process).
 
 
+# The tests share one subprocess, which takes minutes: under pytest-xdist
+# they run on one worker (``--dist loadfile``).
 @pytest.fixture(scope="module")
 def results() -> dict[str, dict]:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
