@@ -74,8 +74,9 @@ class KernelConfig:
         explicit forward counts for such calls (``AUTOTUNE_KV_SPLITS``).
       gluon: forward and dK/dV (not dQ): run the Hopper kernels whose warp
         specialization is written out by hand (Gluon): ``attn_fwd_gluon``
-        (two compute warp groups of 64 queries each and a TMA loader warp,
-        ``kernels/forward_gluon.py``; needs ``block_m == 128`` and
+        (persistent, one program per SM; two compute warp groups of 64
+        queries each and a TMA loader warp, ``kernels/forward_gluon.py``;
+        needs ``block_m == 128`` and
         ``block_n`` 64 or 128) or ``attn_bwd_gluon`` (one pass computing dK,
         dV and dQ, two compute warp groups of 64 keys each and a loader warp,
         ``kernels/backward_gluon.py``; needs ``block_m == 64`` and ``block_n
@@ -83,8 +84,10 @@ class KernelConfig:
         and its dQ is summed in float32 by TMA reductions in whatever
         order they land, so dQ is not bitwise deterministic; dK and dV
         are). Both need ``num_warps == 4``. Taken when the call
-        allows it: a GPU of compute capability 9.x, ``FullChillMask`` or
-        ``CausalChillMask``, 16-bit inputs, head dim 64 or 128, no query or
+        allows it: a GPU of compute capability 9.x, a built-in mask without
+        arrays (``FullChillMask``, ``CausalChillMask``,
+        ``SlidingWindowChillMask``, ``ChunkwiseChillMask``,
+        ``PrefixLMChillMask``; not subclasses), 16-bit inputs, head dim 64 or 128, no query or
         key lengths, sequence lengths that are multiples of the tiles, no
         ``prescale_qk``, no key split (forward), and the tiles within
         shared memory. Otherwise the pass runs as the other fields say
