@@ -39,7 +39,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from .tiles import full_tile_span, seq_origin, tile_loop_bounds
+from .tiles import full_tile_span, mask_tile, seq_origin, tile_loop_bounds
 
 _LOG2E = gl.constexpr(1.4426950408889634)
 
@@ -143,11 +143,8 @@ def _softmax_step(s, m_i, l_i, qk_scale, q_start, k_start, MASKED: gl.constexpr,
     if MASKED:
         rows = q_start + gl.arange(0, HALF_M, layout=gl.SliceLayout(1, s_layout))
         cols = k_start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-        if MASK_TAKES_LEN:
-            allowed = MASK_FN(rows, cols, KV_LEN, ARGS)
-        else:
-            allowed = MASK_FN(rows, cols, ARGS)
-        s = gl.where(allowed.to(gl.int1), s, float("-inf"))
+        # Every key tile lies below KV_LEN (whole tiles): no length check.
+        s = mask_tile(s, float("-inf"), rows, cols, KV_LEN, MASK_FN, MASK_TAKES_LEN, False, ARGS, False)
         m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
         shift = gl.where(m_new == float("-inf"), 0.0, m_new)
     else:
