@@ -326,12 +326,14 @@ def _backward_gluon(static: _Static, geo: dict[str, Any], q, k, v, out, lse, dou
     if static.layout == "BTNH":
         rowsum = rowsum.transpose(0, 2, 1)
     delta = rowsum - dlse.astype(jnp.float32)
+    # Persistent: one program per multiprocessor (or per key tile).
+    items = s // cfg.block_n * b * n // geo["GROUP"]
     dq, dk, dv = _launch.launch(
-        attn_bwd_gluon, grid=(s // cfg.block_n, b * n // geo["GROUP"]),
+        attn_bwd_gluon, grid=(min(items, _launch.multiprocessors(static.implementation) or items),),
         args=[q, k, v, dout, lse, delta, static.sm_scale],
         out_shapes=[jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct(k.shape, k.dtype),
                     jax.ShapeDtypeStruct(v.shape, v.dtype)],
-        constexprs=dict(SQT=geo["SQT"], SQH=geo["SQH"], SKT=geo["SKT"], SKH=geo["SKH"], NUM_HEADS=n,
+        constexprs=dict(SQT=geo["SQT"], SQH=geo["SQH"], SKT=geo["SKT"], SKH=geo["SKH"], BATCH=b, NUM_HEADS=n,
                         GROUP=geo["GROUP"], Q_LEN=t, KV_LEN=s, HEAD_DIM=d, BLOCK_M=cfg.block_m,
                         BLOCK_N=cfg.block_n, NUM_STAGES=cfg.num_stages, SPLIT_FULL=_split_full(spec),
                         UNMASKED=type(static.mask) is FullChillMask,

@@ -77,44 +77,87 @@ def _tma_reduce_add(tensor_desc, coord, src, _semantic=None):
 
 
 @gluon.jit
-def _bwd_loader(q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar,
-                q_ready, q_empty, do_ready, do_empty, b, kvh, kv_row, kv_col, first_m, n_q,
-                NUM_HEADS: gl.constexpr, GROUP: gl.constexpr, Q_LEN: gl.constexpr, SQT: gl.constexpr,
-                SQH: gl.constexpr, HEAD_DIM: gl.constexpr, HALF_N: gl.constexpr, BLOCK_M: gl.constexpr,
-                NUM_STAGES: gl.constexpr):
-    """The loader warp: the two halves of the key and value tile once, then
-    Q and dO tile by tile, query head by query head."""
-    mbarrier.expect(kv_bar, 4 * k_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(k_desc, [kv_row, kv_col], kv_bar, k_smem.index(0))
-    tma.async_copy_global_to_shared(k_desc, [kv_row + HALF_N, kv_col], kv_bar, k_smem.index(1))
-    tma.async_copy_global_to_shared(v_desc, [kv_row, kv_col], kv_bar, v_smem.index(0))
-    tma.async_copy_global_to_shared(v_desc, [kv_row + HALF_N, kv_col], kv_bar, v_smem.index(1))
-    for i in range(GROUP * n_q):
-        g = i // n_q
-        row, col = seq_origin(b, kvh * GROUP + g, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM)
-        row = row + first_m + (i - g * n_q) * BLOCK_M
-        slot = i % NUM_STAGES
-        # A fresh mbarrier counts as having completed the phase before its
-        # first, so the first pass through the ring does not wait.
-        free = ((i // NUM_STAGES) & 1) ^ 1
-        _ring_load(q_desc, row, col, q_ready, q_empty, q_smem, slot, free)
-        _ring_load(do_desc, row, col, do_ready, do_empty, do_smem, slot, free)
+def _bwd_item(item, BATCH: gl.constexpr, KV_HEADS: gl.constexpr, Q_LEN: gl.constexpr, KV_LEN: gl.constexpr,
+              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, Q_RANGE_FN: gl.constexpr, Q_CONTINUOUS: gl.constexpr,
+              UNMASKED: gl.constexpr, ARGS):
+    """Work item ``item`` of the persistent loop: its batch, kv head and key
+    tile start, and the query tiles it visits (``first_m``, a multiple of
+    ``BLOCK_M``, and ``end_m``). Key tiles are innermost, so the items
+    running at once share a few heads' queries in L2; within a head they go
+    from the first key tile (a causal mask's longest loop) to the last."""
+    n_tiles: gl.constexpr = KV_LEN // BLOCK_N
+    pid_bh = item // n_tiles
+    n0 = (item % n_tiles) * BLOCK_N
+    if UNMASKED:
+        first_m = n0 * 0
+        end_m = first_m + Q_LEN
+    else:
+        first_m, end_m = tile_loop_bounds(n0, BLOCK_N, Q_LEN, Q_RANGE_FN, Q_CONTINUOUS, BLOCK_N, ARGS, BLOCK_M)
+    return pid_bh // KV_HEADS, pid_bh % KV_HEADS, n0, first_m, end_m
 
 
 @gluon.jit
-def _bwd_compute(q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, q_ready, q_empty, do_ready, do_empty,
-                 ds_full, loop_done, dk_desc, dv_desc, dq_desc, Lse, Delta, sm_scale, b, kvh, n0, kv_row, kv_col,
-                 first_m, n_q, full_lo, full_hi, ARGS, HALF: gl.constexpr, NUM_HEADS: gl.constexpr,
-                 GROUP: gl.constexpr, Q_LEN: gl.constexpr, KV_LEN: gl.constexpr, SQT: gl.constexpr,
-                 SQH: gl.constexpr, HEAD_DIM: gl.constexpr, HALF_N: gl.constexpr, BLOCK_M: gl.constexpr,
-                 NUM_STAGES: gl.constexpr, MASK_FN: gl.constexpr, MASK_TAKES_LEN: gl.constexpr,
-                 UNMASKED: gl.constexpr):
-    """One compute warp group: dK and dV of the keys at positions ``n0 +
-    HALF * HALF_N + [0, HALF_N)`` over every step (a query tile of a query
-    head); each step, the dQ columns ``HALF * HEAD_DIM / 2 + [0, HEAD_DIM /
-    2)`` over all ``2 * HALF_N`` keys (with the other group's dS), added to
-    ``DQ`` by a TMA reduction; then dK and dV stored. Query tiles outside
-    ``[full_lo, full_hi)`` evaluate the mask (none with ``UNMASKED``)."""
+def _bwd_loader(q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, kv_empty,
+                q_ready, q_empty, do_ready, do_empty, ARGS, BATCH: gl.constexpr, NUM_HEADS: gl.constexpr,
+                GROUP: gl.constexpr, Q_LEN: gl.constexpr, KV_LEN: gl.constexpr, SQT: gl.constexpr,
+                SQH: gl.constexpr, SKT: gl.constexpr, SKH: gl.constexpr, HEAD_DIM: gl.constexpr,
+                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
+                Q_RANGE_FN: gl.constexpr, Q_CONTINUOUS: gl.constexpr, UNMASKED: gl.constexpr):
+    """The loader warp, for each work item: the two halves of the key and
+    value tile (once both compute groups have stored the previous item's dK
+    and dV, which are staged in the same tiles), then Q and dO tile by tile,
+    query head by query head, through the ring (``steps`` so far set the
+    slot and phase, so the ring runs on across items)."""
+    HALF_N: gl.constexpr = BLOCK_N // 2
+    KV_HEADS: gl.constexpr = NUM_HEADS // GROUP
+    total = BATCH * KV_HEADS * (KV_LEN // BLOCK_N)
+    steps = 0
+    item = 0
+    for work in range(gl.program_id(0), total, gl.num_programs(0)):
+        b, kvh, n0, first_m, end_m = _bwd_item(work, BATCH, KV_HEADS, Q_LEN, KV_LEN, BLOCK_M, BLOCK_N,
+                                               Q_RANGE_FN, Q_CONTINUOUS, UNMASKED, ARGS)
+        n_q = gl.cdiv(gl.maximum(end_m - first_m, 0), BLOCK_M)
+        kv_row, kv_col = seq_origin(b, kvh, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM)
+        kv_row = kv_row + n0
+        # A fresh mbarrier counts as having completed the phase before its
+        # first, so the first item (and the first pass through the ring)
+        # does not wait.
+        mbarrier.wait(kv_empty, (item & 1) ^ 1)
+        mbarrier.expect(kv_bar, 4 * k_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [kv_row, kv_col], kv_bar, k_smem.index(0))
+        tma.async_copy_global_to_shared(k_desc, [kv_row + HALF_N, kv_col], kv_bar, k_smem.index(1))
+        tma.async_copy_global_to_shared(v_desc, [kv_row, kv_col], kv_bar, v_smem.index(0))
+        tma.async_copy_global_to_shared(v_desc, [kv_row + HALF_N, kv_col], kv_bar, v_smem.index(1))
+        for i in range(GROUP * n_q):
+            g = i // n_q
+            row, col = seq_origin(b, kvh * GROUP + g, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM)
+            row = row + first_m + (i - g * n_q) * BLOCK_M
+            slot = (steps + i) % NUM_STAGES
+            free = (((steps + i) // NUM_STAGES) & 1) ^ 1
+            _ring_load(q_desc, row, col, q_ready, q_empty, q_smem, slot, free)
+            _ring_load(do_desc, row, col, do_ready, do_empty, do_smem, slot, free)
+        steps += GROUP * n_q
+        item += 1
+
+
+@gluon.jit
+def _bwd_compute(q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, kv_empty, q_ready, q_empty, do_ready,
+                 do_empty, ds_full, loop_done, dk_desc, dv_desc, dq_desc, Lse, Delta, sm_scale, ARGS,
+                 HALF: gl.constexpr, BATCH: gl.constexpr, NUM_HEADS: gl.constexpr, GROUP: gl.constexpr,
+                 Q_LEN: gl.constexpr, KV_LEN: gl.constexpr, SQT: gl.constexpr, SQH: gl.constexpr,
+                 SKT: gl.constexpr, SKH: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
+                 BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, MASK_FN: gl.constexpr,
+                 MASK_TAKES_LEN: gl.constexpr, Q_RANGE_FN: gl.constexpr, Q_CONTINUOUS: gl.constexpr,
+                 FULL_FN: gl.constexpr, SPLIT_FULL: gl.constexpr, UNMASKED: gl.constexpr):
+    """One compute warp group, for each work item (a key tile of a kv
+    head): dK and dV of the keys at positions ``n0 + HALF * BLOCK_N / 2 +
+    [0, BLOCK_N / 2)`` over every step (a query tile of a query head); each
+    step, the dQ columns ``HALF * HEAD_DIM / 2 + [0, HEAD_DIM / 2)`` over all
+    ``BLOCK_N`` keys (with the other group's dS), added to ``DQ`` by a TMA
+    reduction; then dK and dV stored. Query tiles outside the mask's full
+    run evaluate the mask (none with ``UNMASKED``)."""
+    HALF_N: gl.constexpr = BLOCK_N // 2
+    KV_HEADS: gl.constexpr = NUM_HEADS // GROUP
     # S^T, dP^T: [HALF_N keys, BLOCK_M queries]; dK, dV: [HALF_N, HEAD_DIM]; dQ: [BLOCK_M, HEAD_DIM / 2].
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_M, 16])
@@ -130,97 +173,122 @@ def _bwd_compute(q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, q_re
     # This group's dQ columns of both key halves (B of dQ = dS K).
     k0_cols = k_smem.index(0).slice(HALF * HALF_D, HALF_D, dim=1)
     k1_cols = k_smem.index(1).slice(HALF * HALF_D, HALF_D, dim=1)
-    dk = gl.zeros([HALF_N, HEAD_DIM], gl.float32, o_layout)
-    dv = gl.zeros([HALF_N, HEAD_DIM], gl.float32, o_layout)
     qk_scale = sm_scale * _LOG2E
-    key_start = n0 + HALF * HALF_N
     q_offs = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
     # The mask methods' layout: queries along rows, its transpose s_layout.
     qk_layout: gl.constexpr = _transposed(gl.to_linear_layout(s_layout, [HALF_N, BLOCK_M]))
     mask_q = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, qk_layout))
-    mask_k = key_start + gl.arange(0, HALF_N, layout=gl.SliceLayout(0, qk_layout))
+    total = BATCH * KV_HEADS * (KV_LEN // BLOCK_N)
+    steps = 0
+    item = 0
+    for work in range(gl.program_id(0), total, gl.num_programs(0)):
+        b, kvh, n0, first_m, end_m = _bwd_item(work, BATCH, KV_HEADS, Q_LEN, KV_LEN, BLOCK_M, BLOCK_N,
+                                               Q_RANGE_FN, Q_CONTINUOUS, UNMASKED, ARGS)
+        if UNMASKED:
+            full_lo = first_m
+            full_hi = end_m
+        elif SPLIT_FULL:
+            # Among the visited query tiles, the run the mask declares full
+            # (no mask evaluated there).
+            full_lo, full_hi = full_tile_span(n0, first_m, end_m, Q_LEN, KV_LEN, FULL_FN, False, BLOCK_M,
+                                              BLOCK_N, ARGS)
+        else:
+            full_lo = end_m
+            full_hi = end_m
+        n_q = gl.cdiv(gl.maximum(end_m - first_m, 0), BLOCK_M)
+        mask_k = n0 + HALF * HALF_N + gl.arange(0, HALF_N, layout=gl.SliceLayout(0, qk_layout))
+        dk = gl.zeros([HALF_N, HEAD_DIM], gl.float32, o_layout)
+        dv = gl.zeros([HALF_N, HEAD_DIM], gl.float32, o_layout)
 
-    mbarrier.wait(kv_bar, 0)
-    for i in range(GROUP * n_q):
-        g = i // n_q
-        h = kvh * GROUP + g
-        m0 = first_m + (i - g * n_q) * BLOCK_M
-        slot = i % NUM_STAGES
-        phase = (i // NUM_STAGES) & 1
-        parity = i % 2
-        stat = (b * NUM_HEADS + h) * Q_LEN + m0
-        lse = gl.load(Lse + stat + q_offs)
-        # Rows with no allowed key (lse = -inf) get p = 0.
-        lse2 = gl.where(lse == float("-inf"), float("inf"), lse * _LOG2E)
-        q = q_smem.index(slot)
-        do = do_smem.index(slot)
-        # Accumulators the MMAs ignore (use_acc=False), made in the loop so
-        # that no registers hold them across it.
-        zero_s = gl.zeros([HALF_N, BLOCK_M], gl.float32, s_layout)
-        zero_dq = gl.zeros([BLOCK_M, HALF_D], gl.float32, dq_layout)
-        mbarrier.wait(q_ready.index(slot), phase)
-        st = warpgroup_mma(k, q.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        mbarrier.wait(do_ready.index(slot), phase)
-        dpt = warpgroup_mma(v, do.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        st = warpgroup_mma_wait(num_outstanding=1, deps=(st,))
-        pt = gl.exp2(st * qk_scale - gl.expand_dims(lse2, 0))
-        if not UNMASKED:
-            if (m0 < full_lo) | (m0 >= full_hi):
-                if MASK_TAKES_LEN:
-                    allowed = MASK_FN(m0 + mask_q, mask_k, KV_LEN, ARGS)
-                else:
-                    allowed = MASK_FN(m0 + mask_q, mask_k, ARGS)
-                allowed = gl.convert_layout(gl.permute(allowed.to(gl.int1), (1, 0)), s_layout, assert_trivial=True)
-                pt = gl.where(allowed, pt, 0.0)
-        dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), a_layout), do, dv, is_async=True)
-        # dV done before dS: letting it run on through dS spills (sm_90 build)
-        # and measured slower (S2 f+b +12%).
-        dpt, dv = warpgroup_mma_wait(num_outstanding=0, deps=(dpt, dv))
-        delta = gl.load(Delta + stat + q_offs)
-        dst = (pt * (dpt - gl.expand_dims(delta, 0))).to(dtype)
-        dk = warpgroup_mma(gl.convert_layout(dst, a_layout), q, dk, is_async=True)
-        # dS^T to shared memory for dQ = dS K, double-buffered by step: a
-        # group rewrites a buffer two steps later, after the other group's
-        # arrival of the step between, which follows its read of the buffer.
-        ds_mine = ds_smem.index(2 * parity + HALF)
-        ds_mine.store(dst)
+        mbarrier.wait(kv_bar, item & 1)
+        for i in range(GROUP * n_q):
+            g = i // n_q
+            h = kvh * GROUP + g
+            m0 = first_m + (i - g * n_q) * BLOCK_M
+            step = steps + i
+            slot = step % NUM_STAGES
+            phase = (step // NUM_STAGES) & 1
+            parity = step % 2
+            stat = (b * NUM_HEADS + h) * Q_LEN + m0
+            lse = gl.load(Lse + stat + q_offs)
+            # Rows with no allowed key (lse = -inf) get p = 0.
+            lse2 = gl.where(lse == float("-inf"), float("inf"), lse * _LOG2E)
+            q = q_smem.index(slot)
+            do = do_smem.index(slot)
+            # Accumulators the MMAs ignore (use_acc=False), made in the loop so
+            # that no registers hold them across it.
+            zero_s = gl.zeros([HALF_N, BLOCK_M], gl.float32, s_layout)
+            zero_dq = gl.zeros([BLOCK_M, HALF_D], gl.float32, dq_layout)
+            mbarrier.wait(q_ready.index(slot), phase)
+            st = warpgroup_mma(k, q.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            mbarrier.wait(do_ready.index(slot), phase)
+            dpt = warpgroup_mma(v, do.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            st = warpgroup_mma_wait(num_outstanding=1, deps=(st,))
+            pt = gl.exp2(st * qk_scale - gl.expand_dims(lse2, 0))
+            if not UNMASKED:
+                if (m0 < full_lo) | (m0 >= full_hi):
+                    if MASK_TAKES_LEN:
+                        allowed = MASK_FN(m0 + mask_q, mask_k, KV_LEN, ARGS)
+                    else:
+                        allowed = MASK_FN(m0 + mask_q, mask_k, ARGS)
+                    allowed = gl.convert_layout(gl.permute(allowed.to(gl.int1), (1, 0)), s_layout,
+                                                assert_trivial=True)
+                    pt = gl.where(allowed, pt, 0.0)
+            dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), a_layout), do, dv, is_async=True)
+            # dV done before dS: letting it run on through dS spills (sm_90 build)
+            # and measured slower (S2 f+b +12%).
+            dpt, dv = warpgroup_mma_wait(num_outstanding=0, deps=(dpt, dv))
+            delta = gl.load(Delta + stat + q_offs)
+            dst = (pt * (dpt - gl.expand_dims(delta, 0))).to(dtype)
+            dk = warpgroup_mma(gl.convert_layout(dst, a_layout), q, dk, is_async=True)
+            # dS^T to shared memory for dQ = dS K, double-buffered by step: a
+            # group rewrites a buffer two steps later, after the other group's
+            # arrival of the step between, which follows its read of the buffer.
+            ds_mine = ds_smem.index(2 * parity + HALF)
+            ds_mine.store(dst)
+            fence_async_shared()
+            gl.thread_barrier()
+            mbarrier.arrive(ds_full.index(parity), count=1)
+            mbarrier.wait(ds_full.index(parity), (step // 2) & 1)
+            dq = warpgroup_mma(ds_smem.index(2 * parity).permute((1, 0)), k0_cols, zero_dq, use_acc=False,
+                               is_async=True)
+            dq = warpgroup_mma(ds_smem.index(2 * parity + 1).permute((1, 0)), k1_cols, dq, is_async=True)
+            dq, dk = warpgroup_mma_wait(num_outstanding=0, deps=(dq, dk))
+            mbarrier.arrive(q_empty.index(slot), count=1)
+            mbarrier.arrive(do_empty.index(slot), count=1)
+            # The reduction issued from this staging buffer two steps ago has read it.
+            tma.store_wait(pendings=1)
+            staged = dq_smem.index(2 * HALF + parity)
+            staged.store(dq * sm_scale)
+            fence_async_shared()
+            gl.thread_barrier()
+            row, col = seq_origin(b, h, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM)
+            _tma_reduce_add(dq_desc, [row + m0, col + HALF * HALF_D], staged)
+
+        # V's half is this group's alone; K's is read by the other group's dQ
+        # MMAs until it leaves its loop. Both then stage dK and dV for TMA
+        # stores, and free the tiles for the next item's keys and values
+        # once the stores have read them.
+        kv_row, kv_col = seq_origin(b, kvh, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM)
+        v.store(dv.to(dtype))
+        mbarrier.arrive(loop_done, count=1)
+        mbarrier.wait(loop_done, item & 1)
+        k.store((dk * sm_scale).to(dtype))
         fence_async_shared()
         gl.thread_barrier()
-        mbarrier.arrive(ds_full.index(parity), count=1)
-        mbarrier.wait(ds_full.index(parity), (i // 2) & 1)
-        dq = warpgroup_mma(ds_smem.index(2 * parity).permute((1, 0)), k0_cols, zero_dq, use_acc=False,
-                           is_async=True)
-        dq = warpgroup_mma(ds_smem.index(2 * parity + 1).permute((1, 0)), k1_cols, dq, is_async=True)
-        dq, dk = warpgroup_mma_wait(num_outstanding=0, deps=(dq, dk))
-        mbarrier.arrive(q_empty.index(slot), count=1)
-        mbarrier.arrive(do_empty.index(slot), count=1)
-        # The reduction issued from this staging buffer two steps ago has read it.
-        tma.store_wait(pendings=1)
-        staged = dq_smem.index(2 * HALF + parity)
-        staged.store(dq * sm_scale)
-        fence_async_shared()
-        gl.thread_barrier()
-        row, col = seq_origin(b, h, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM)
-        _tma_reduce_add(dq_desc, [row + m0, col + HALF * HALF_D], staged)
-
-    # V's half is this group's alone; K's is read by the other group's dQ
-    # MMAs until it leaves its loop. Both then stage dK and dV for TMA stores.
-    v.store(dv.to(dtype))
-    mbarrier.arrive(loop_done, count=1)
-    mbarrier.wait(loop_done, 0)
-    k.store((dk * sm_scale).to(dtype))
-    fence_async_shared()
-    gl.thread_barrier()
-    tma.async_copy_shared_to_global(dk_desc, [kv_row + HALF * HALF_N, kv_col], k)
-    tma.async_copy_shared_to_global(dv_desc, [kv_row + HALF * HALF_N, kv_col], v)
-    tma.store_wait(pendings=0)
+        tma.async_copy_shared_to_global(dk_desc, [kv_row + n0 + HALF * HALF_N, kv_col], k)
+        tma.async_copy_shared_to_global(dv_desc, [kv_row + n0 + HALF * HALF_N, kv_col], v)
+        tma.store_wait(pendings=0)
+        mbarrier.arrive(kv_empty, count=1)
+        steps += GROUP * n_q
+        item += 1
 
 
 @gluon.jit
 def attn_bwd_gluon(Q, K, V, DOut, Lse, Delta, sm_scale, DQ, DK, DV,
                    SQT: gl.constexpr, SQH: gl.constexpr, SKT: gl.constexpr, SKH: gl.constexpr,
-                   NUM_HEADS: gl.constexpr, GROUP: gl.constexpr, Q_LEN: gl.constexpr, KV_LEN: gl.constexpr,
-                   HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                   BATCH: gl.constexpr, NUM_HEADS: gl.constexpr, GROUP: gl.constexpr, Q_LEN: gl.constexpr,
+                   KV_LEN: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                    NUM_STAGES: gl.constexpr, MASK_FN: gl.constexpr, MASK_TAKES_LEN: gl.constexpr,
                    Q_RANGE_FN: gl.constexpr, Q_CONTINUOUS: gl.constexpr, FULL_FN: gl.constexpr,
                    SPLIT_FULL: gl.constexpr, UNMASKED: gl.constexpr, PACK: gl.constexpr,
@@ -228,30 +296,28 @@ def attn_bwd_gluon(Q, K, V, DOut, Lse, Delta, sm_scale, DQ, DK, DV,
                    A4: gl.constexpr, A5: gl.constexpr, A6: gl.constexpr, A7: gl.constexpr,
                    A8: gl.constexpr, A9: gl.constexpr, A10: gl.constexpr, A11: gl.constexpr,
                    A12: gl.constexpr, A13: gl.constexpr, A14: gl.constexpr, A15: gl.constexpr):
-    """Grid ``(KV_LEN // BLOCK_N, B * NUM_HEADS // GROUP)``, launched with 4
-    warps (the first compute group; the partitions add the rest, 12 in all).
-    ``BLOCK_N`` is 128 (64 keys per compute group), ``BLOCK_M`` 64. The mask
-    arrives as ``attn_bwd_dkdv``'s mask constexprs for a mask without arrays
-    (``PACK`` and ``A0 .. A15`` its constants); ``UNMASKED`` (full
-    attention) skips the ranges and the mask altogether."""
+    """Persistent: grid ``(P,)`` for any ``P >= 1`` (the binding launches
+    one program per multiprocessor, or one per work item when there are
+    fewer); program ``i`` takes work items ``i, i + P, ...`` of the
+    ``BATCH * (NUM_HEADS // GROUP) * (KV_LEN // BLOCK_N)`` key tiles
+    (:func:`_bwd_item` orders them). Launched with 4 warps (the first
+    compute group; the partitions add the rest, 12 in all). ``BLOCK_N`` is
+    128 (64 keys per compute group), ``BLOCK_M`` 64. The mask arrives as
+    ``attn_bwd_dkdv``'s mask constexprs for a mask without arrays (``PACK``
+    and ``A0 .. A15`` its constants); ``UNMASKED`` (full attention) skips
+    the ranges and the mask altogether."""
     HALF_N: gl.constexpr = BLOCK_N // 2
     KV_HEADS: gl.constexpr = NUM_HEADS // GROUP
     dtype: gl.constexpr = Q.dtype.element_ty
-    pid_n = gl.program_id(0)
-    pid_bh = gl.program_id(1)
-    b = pid_bh // KV_HEADS
-    kvh = pid_bh % KV_HEADS
-    batch = gl.num_programs(1) // KV_HEADS
-
     q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM], dtype)
     kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([HALF_N, HEAD_DIM], dtype)
     ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([HALF_N, BLOCK_M], dtype)
-    q_desc = _seq_descriptor(Q, batch, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM, BLOCK_M, q_layout)
-    do_desc = _seq_descriptor(DOut, batch, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM, BLOCK_M, q_layout)
-    k_desc = _seq_descriptor(K, batch, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM, HALF_N, kv_layout)
-    v_desc = _seq_descriptor(V, batch, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM, HALF_N, kv_layout)
-    dk_desc = _seq_descriptor(DK, batch, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM, HALF_N, kv_layout)
-    dv_desc = _seq_descriptor(DV, batch, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM, HALF_N, kv_layout)
+    q_desc = _seq_descriptor(Q, BATCH, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM, BLOCK_M, q_layout)
+    do_desc = _seq_descriptor(DOut, BATCH, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM, BLOCK_M, q_layout)
+    k_desc = _seq_descriptor(K, BATCH, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM, HALF_N, kv_layout)
+    v_desc = _seq_descriptor(V, BATCH, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM, HALF_N, kv_layout)
+    dk_desc = _seq_descriptor(DK, BATCH, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM, HALF_N, kv_layout)
+    dv_desc = _seq_descriptor(DV, BATCH, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM, HALF_N, kv_layout)
 
     q_smem = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_M, HEAD_DIM], q_layout)
     do_smem = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_M, HEAD_DIM], q_layout)
@@ -263,12 +329,13 @@ def attn_bwd_gluon(Q, K, V, DOut, Lse, Delta, sm_scale, DQ, DK, DV,
     dq_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, HALF_D], gl.float32)
     dq_smem = gl.allocate_shared_memory(gl.float32, [4, BLOCK_M, HALF_D], dq_layout)
     if SQH < SQT:
-        dq_desc = tma.make_tensor_descriptor(DQ, [batch * Q_LEN, NUM_HEADS * HEAD_DIM], [SQT, 1], [BLOCK_M, HALF_D],
+        dq_desc = tma.make_tensor_descriptor(DQ, [BATCH * Q_LEN, NUM_HEADS * HEAD_DIM], [SQT, 1], [BLOCK_M, HALF_D],
                                              dq_layout)
     else:
-        dq_desc = tma.make_tensor_descriptor(DQ, [batch * NUM_HEADS * Q_LEN, HEAD_DIM], [SQT, 1], [BLOCK_M, HALF_D],
+        dq_desc = tma.make_tensor_descriptor(DQ, [BATCH * NUM_HEADS * Q_LEN, HEAD_DIM], [SQT, 1], [BLOCK_M, HALF_D],
                                              dq_layout)
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    kv_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     q_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     q_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     do_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
@@ -276,6 +343,7 @@ def attn_bwd_gluon(Q, K, V, DOut, Lse, Delta, sm_scale, DQ, DK, DV,
     ds_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     loop_done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     mbarrier.init(kv_bar, count=1)
+    mbarrier.init(kv_empty, count=2)
     mbarrier.init(loop_done, count=2)
     mbarrier.init(ds_full.index(0), count=2)
     mbarrier.init(ds_full.index(1), count=2)
@@ -285,36 +353,20 @@ def attn_bwd_gluon(Q, K, V, DOut, Lse, Delta, sm_scale, DQ, DK, DV,
         mbarrier.init(q_empty.index(i), count=2)
         mbarrier.init(do_empty.index(i), count=2)
 
-    n0 = pid_n * BLOCK_N
     ARGS = PACK(A0, A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12, A13, A14, A15)
-    if UNMASKED:
-        first_m = n0 * 0
-        end_m = first_m + Q_LEN
-        full_lo = first_m
-        full_hi = end_m
-    else:
-        # The query tiles the key tile's query range reaches, and among
-        # them the run the mask declares full (no mask evaluated there).
-        first_m, end_m = tile_loop_bounds(n0, BLOCK_N, Q_LEN, Q_RANGE_FN, Q_CONTINUOUS, BLOCK_N, ARGS, BLOCK_M)
-        if SPLIT_FULL:
-            full_lo, full_hi = full_tile_span(n0, first_m, end_m, Q_LEN, KV_LEN, FULL_FN, False, BLOCK_M,
-                                              BLOCK_N, ARGS)
-        else:
-            full_lo = end_m
-            full_hi = end_m
-    n_q = gl.cdiv(gl.maximum(end_m - first_m, 0), BLOCK_M)
-    kv_row, kv_col = seq_origin(b, kvh, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM)
-    kv_row = kv_row + n0
     gl.warp_specialize([
-        (_bwd_compute, (q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, q_ready, q_empty, do_ready,
-                        do_empty, ds_full, loop_done, dk_desc, dv_desc, dq_desc, Lse, Delta, sm_scale, b, kvh, n0,
-                        kv_row, kv_col, first_m, n_q, full_lo, full_hi, ARGS, 0, NUM_HEADS, GROUP, Q_LEN,
-                        KV_LEN, SQT, SQH, HEAD_DIM, HALF_N, BLOCK_M, NUM_STAGES, MASK_FN, MASK_TAKES_LEN, UNMASKED)),
-        (_bwd_compute, (q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, q_ready, q_empty, do_ready,
-                        do_empty, ds_full, loop_done, dk_desc, dv_desc, dq_desc, Lse, Delta, sm_scale, b, kvh, n0,
-                        kv_row, kv_col, first_m, n_q, full_lo, full_hi, ARGS, 1, NUM_HEADS, GROUP, Q_LEN,
-                        KV_LEN, SQT, SQH, HEAD_DIM, HALF_N, BLOCK_M, NUM_STAGES, MASK_FN, MASK_TAKES_LEN, UNMASKED)),
-        (_bwd_loader, (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar,
-                       q_ready, q_empty, do_ready, do_empty, b, kvh, kv_row, kv_col, first_m, n_q,
-                       NUM_HEADS, GROUP, Q_LEN, SQT, SQH, HEAD_DIM, HALF_N, BLOCK_M, NUM_STAGES)),
+        (_bwd_compute, (q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, kv_empty, q_ready, q_empty,
+                        do_ready, do_empty, ds_full, loop_done, dk_desc, dv_desc, dq_desc, Lse, Delta, sm_scale,
+                        ARGS, 0, BATCH, NUM_HEADS, GROUP, Q_LEN, KV_LEN, SQT, SQH, SKT, SKH, HEAD_DIM, BLOCK_M,
+                        BLOCK_N, NUM_STAGES, MASK_FN, MASK_TAKES_LEN, Q_RANGE_FN, Q_CONTINUOUS, FULL_FN,
+                        SPLIT_FULL, UNMASKED)),
+        (_bwd_compute, (q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, kv_empty, q_ready, q_empty,
+                        do_ready, do_empty, ds_full, loop_done, dk_desc, dv_desc, dq_desc, Lse, Delta, sm_scale,
+                        ARGS, 1, BATCH, NUM_HEADS, GROUP, Q_LEN, KV_LEN, SQT, SQH, SKT, SKH, HEAD_DIM, BLOCK_M,
+                        BLOCK_N, NUM_STAGES, MASK_FN, MASK_TAKES_LEN, Q_RANGE_FN, Q_CONTINUOUS, FULL_FN,
+                        SPLIT_FULL, UNMASKED)),
+        (_bwd_loader, (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, kv_empty,
+                       q_ready, q_empty, do_ready, do_empty, ARGS, BATCH, NUM_HEADS, GROUP, Q_LEN, KV_LEN, SQT,
+                       SQH, SKT, SKH, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_STAGES, Q_RANGE_FN, Q_CONTINUOUS,
+                       UNMASKED)),
     ], [4, 1], [232, 24])

@@ -178,3 +178,37 @@ def test_gluon_backward_matches_reference(kernel_implementation, rng, case):
     scale = float(jnp.max(jnp.abs(result["dq"].astype(jnp.float32))))
     np.testing.assert_allclose(np.asarray(again["dq"], np.float32), np.asarray(result["dq"], np.float32),
                                atol=2e-2 * scale, rtol=0)
+
+
+@pytest.mark.parametrize("programs", [1, 5])
+@pytest.mark.parametrize("case", _GPU_CASES, ids=lambda c: f"{c[0]}-d{c[1]}-n{c[2]}-kv{c[3]}-t{c[4]}-s{c[5]}-"
+                         f"{np.dtype(c[6]).name}-{type(c[7]).__name__}-{c[8]}stages")
+def test_persistent_programs_match_reference(monkeypatch, kernel_implementation, rng, case, programs):
+    """On a Hopper GPU: the backward is persistent (one program per
+    multiprocessor, each taking every P-th key tile). With the count
+    pretended to be 1 or 5 each program runs many key tiles, so the Q/dO
+    ring, the dS and dQ staging parities and the key/value tiles (reused to
+    stage dK and dV) carry over from tile to tile, through tiles no query
+    reaches; the gradients still match the float64 reference and the grid
+    has the pretended size."""
+    if not _launch.can_run_gluon(kernel_implementation):
+        pytest.skip("the Gluon backward needs a GPU of compute capability 9.x")
+    monkeypatch.setattr(_launch, "multiprocessors", lambda implementation: programs)
+    layout, d, heads, kv_heads, t, s, dtype, mask, stages = case
+    q, k, v = random_qkv(rng, dtype, batch=2, q_len=t, kv_len=s, heads=heads, kv_heads=kv_heads, head_dim=d,
+                         layout=layout)
+    kwargs = dict(layout=layout, config=_with_bwd(num_stages=stages), implementation=kernel_implementation)
+    dout = normal(rng, q.shape, q.dtype)
+    dlse = normal(rng, (2, heads, t), jnp.float32)
+    grids = {}
+    launch = _launch.launch
+
+    def spy(kernel, *, grid, **launch_kwargs):
+        grids[kernel.fn.__name__] = tuple(grid)
+        return launch(kernel, grid=grid, **launch_kwargs)
+
+    monkeypatch.setattr(_launch, "launch", spy)
+    jax.clear_caches()
+    result = attention_and_grads(q, k, v, mask, dout=dout, dlse=dlse, **kwargs)
+    assert grids["attn_bwd_gluon"] == (programs,)
+    check_against_reference(result, q, k, v, mask, dout=dout, dlse=dlse, layout=layout)
