@@ -48,7 +48,7 @@ from triton._C.libtriton import ir
 from triton.experimental.gluon.language._core import builtin
 from triton.runtime.jit import constexpr_function
 
-from .forward_gluon import _ring_load, _seq_descriptor
+from .forward_gluon import _ring_load, _seq_descriptor, _snake
 from .tiles import full_tile_span, seq_origin, tile_loop_bounds
 
 _LOG2E = gl.constexpr(1.4426950408889634)
@@ -84,8 +84,10 @@ def _bwd_item(item, BATCH: gl.constexpr, KV_HEADS: gl.constexpr, Q_LEN: gl.const
     tile start, and the query tiles it visits (``first_m``, a multiple of
     ``BLOCK_M``, and ``end_m``). Key tiles are innermost, so the items
     running at once share a few heads' queries in L2; within a head they go
-    from the first key tile (a causal mask's longest loop) to the last."""
+    from the first key tile (a causal mask's longest loop) to the last, in
+    the order of ``_snake``."""
     n_tiles: gl.constexpr = KV_LEN // BLOCK_N
+    item = _snake(item, n_tiles * BATCH * KV_HEADS)
     pid_bh = item // n_tiles
     n0 = (item % n_tiles) * BLOCK_N
     if UNMASKED:

@@ -71,6 +71,23 @@ def _ring_load(desc, row, col, ready, empty, smem, slot, free_phase):
 
 
 @gluon.jit
+def _snake(work, total):
+    """The item that the persistent loop's ``work``-th index names: the
+    loops hand each of the ``P`` programs every ``P``-th index, so round
+    ``work // P`` gives the next ``P`` items to the programs in order; odd
+    rounds (when complete) give them in reverse. Items are in decreasing
+    cost within a head (causal), so a program that took a long item in one
+    round takes a short one in the next: at the S2 causal forward's grid
+    (4096 items, 132 programs) the largest program's sum of key tiles is
+    1.034x the mean, against 1.079x for plain round-robin."""
+    programs = gl.num_programs(0)
+    round_index = work // programs
+    pid = work - round_index * programs
+    flip = ((round_index % 2) == 1) & ((round_index + 1) * programs <= total)
+    return work + flip.to(gl.int32) * (programs - 1 - 2 * pid)
+
+
+@gluon.jit
 def _tile_keys(tile, BATCH: gl.constexpr, NUM_HEADS: gl.constexpr, Q_LEN: gl.constexpr, KV_LEN: gl.constexpr,
                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, K_RANGE_FN: gl.constexpr, K_CONTINUOUS: gl.constexpr,
                UNMASKED: gl.constexpr, ARGS):
@@ -80,8 +97,9 @@ def _tile_keys(tile, BATCH: gl.constexpr, NUM_HEADS: gl.constexpr, Q_LEN: gl.con
     items running at once share a few heads' keys and values in L2 (with
     heads innermost the S2 full forward took 4.1 ms, against 3.4, on an
     H200); within a head they go from the last query tile to the first (a
-    causal mask's longest loops first)."""
+    causal mask's longest loops first), in the order of ``_snake``."""
     m_tiles: gl.constexpr = Q_LEN // BLOCK_M
+    tile = _snake(tile, m_tiles * BATCH * NUM_HEADS)
     pid_bh = tile // m_tiles
     q_start = (m_tiles - 1 - tile % m_tiles) * BLOCK_M
     if UNMASKED:
