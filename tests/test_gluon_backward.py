@@ -108,10 +108,14 @@ def test_binding_falls_back(monkeypatch, case):
     assert "attn_bwd_gluon" not in launched and "attn_bwd_dq" in launched
 
 
-def test_hopper_table_takes_gluon_backward_at_d128():
-    for mask in (FullChillMask(), CausalChillMask(), chill_jax.PrefixLMChillMask(512)):
-        bwd = default_config("triton", 128, 1, mask, generation="hopper").bwd_dkdv
-        assert bwd.gluon and (bwd.block_m, bwd.block_n, bwd.num_stages) == (64, 128, 2)
+@pytest.mark.parametrize("head_dim, mask", [
+    *((128, mask) for mask in (FullChillMask(), CausalChillMask(), chill_jax.PrefixLMChillMask(512),
+                               chill_jax.SlidingWindowChillMask(256, 256), chill_jax.ChunkwiseChillMask(128, 2))),
+    *((64, mask) for mask in (FullChillMask(), CausalChillMask(), chill_jax.PrefixLMChillMask(512))),
+], ids=str)
+def test_hopper_table_takes_gluon_backward(head_dim, mask):
+    bwd = default_config("triton", head_dim, 1, mask, generation="hopper").bwd_dkdv
+    assert bwd.gluon and bwd.warp_specialize and (bwd.block_m, bwd.block_n, bwd.num_stages) == (64, 128, 2)
 
 
 def test_no_gluon_backward_without_a_hopper_gpu(kernel_implementation, rng):
