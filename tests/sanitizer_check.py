@@ -21,12 +21,14 @@ import dataclasses
 import os
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import chill_jax  # noqa: E402
+from chill_jax import _launch  # noqa: E402
 from testing_utils import (  # noqa: E402
     LSE_TOLERANCE,
     TOLERANCES,
@@ -91,6 +93,16 @@ def cases():
            None, dict(config=gluon_bwd))
     yield ("gluon_bwd_full_d64_t192_s256", chill_jax.FullChillMask(), jnp.float16, 2, 192, 256, 2, 1, 64, None,
            dict(config=dataclasses.replace(gluon_bwd, bwd_dkdv=chill_jax.KernelConfig(64, 128, 4, 3, gluon=True))))
+    # Both Gluon kernels persistent, with the multiprocessor count pretended
+    # to be 3: each program runs many tiles (its rings, barrier phases and
+    # staging tiles carried from tile to tile), some of them visiting no key.
+    both = chill_jax.AttentionConfig(fwd=chill_jax.KernelConfig(128, 128, 4, 2, gluon=True, kv_splits=1),
+                                     bwd_dkdv=chill_jax.KernelConfig(64, 128, 4, 2, gluon=True),
+                                     bwd_dq=chill_jax.KernelConfig(64, 64, 4, 2))
+    yield ("gluon_persistent_window_d128_t512", chill_jax.SlidingWindowChillMask(100, 30), jnp.bfloat16, 2, 512,
+           512, 4, 2, 128, None, dict(config=both, programs=3))
+    yield ("gluon_persistent_chunkwise_d64_t384", chill_jax.ChunkwiseChillMask(128, 1), jnp.float16, 2, 384, 384, 2,
+           1, 64, None, dict(config=both, programs=3))
     # prescale_qk with float16 once gave nondeterministic dK (a scaled query
     # copy inside the dK/dV loop; see benchmarks/NOTES.md). The scaled query
     # is rounded to float16, so lse gets float16's tolerance.
@@ -102,12 +114,16 @@ def main() -> int:
     rng = np.random.default_rng(0)
     failures = 0
     only = [part for part in os.environ.get("SANITIZER_CASES", "").split(",") if part]
+    multiprocessors = _launch.multiprocessors
     for name, mask, dtype, b, t, s, n, kh, d, lengths, options in cases():
         if only and not any(part in name for part in only):
             continue
         q, k, v = random_qkv(rng, dtype, batch=b, q_len=t, kv_len=s, heads=n, kv_heads=kh, head_dim=d)
         dout = normal(rng, q.shape, dtype)
         lse_tol = options.pop("lse_tol", LSE_TOLERANCE)
+        programs = options.pop("programs", None)
+        jax.clear_caches()  # the launch grids are set when a call is traced
+        _launch.multiprocessors = multiprocessors if programs is None else lambda implementation: programs
         kwargs = dict(implementation="triton", **options)
         if lengths is not None:
             kwargs["q_lengths"] = jnp.asarray(lengths, jnp.int32)
