@@ -100,10 +100,12 @@ def _mask_operands(arrays: tuple) -> list:
     return [*arrays, *(jnp.zeros((1,), jnp.int32) for _ in range(MAX_MASK_ARRAYS - len(arrays)))]
 
 
-def _forward(static: _Static, q, k, v, q_lens, kv_lens, arrays=()):
-    geo = _geometry(static, q, k, v)
-    b, t, n, d = q.shape[0], geo["Q_LEN"], geo["NUM_HEADS"], geo["HEAD_DIM"]
-    cfg = static.config.fwd
+def _forward_plan(static: _Static, cfg: KernelConfig, geo: dict[str, Any], q, arrays):
+    """``(cfg, warp_specialize, splits)`` of a Triton forward launch at
+    ``cfg``: whether it runs ``attn_fwd_ws``, the configuration it runs at
+    (a warp-specialized one the call cannot take loses its wide key tiles)
+    and its key split."""
+    b, t, n = q.shape[0], geo["Q_LEN"], geo["NUM_HEADS"]
     warp_specialize = _warp_specialize(static, cfg, geo, q, arrays)
     if cfg.warp_specialize and not warp_specialize:
         # attn_fwd spills at the wide key tiles that warp specialization
@@ -113,6 +115,14 @@ def _forward(static: _Static, q, k, v, q_lens, kv_lens, arrays=()):
     slots = multiprocessors and multiprocessors * _programs_per_multiprocessor(
         cfg, warp_specialize, geo["BLOCK_D"], q.dtype.itemsize)
     splits = kv_splits(cfg, triton.cdiv(t, cfg.block_m) * b * n, triton.cdiv(geo["KV_LEN"], cfg.block_n), slots)
+    return cfg, warp_specialize, splits
+
+
+def _forward(static: _Static, q, k, v, q_lens, kv_lens, arrays=()):
+    geo = _geometry(static, q, k, v)
+    b, t, n, d = q.shape[0], geo["Q_LEN"], geo["NUM_HEADS"], geo["HEAD_DIM"]
+    multiprocessors = _launch.multiprocessors(static.implementation)
+    cfg, warp_specialize, splits = _forward_plan(static, static.config.fwd, geo, q, arrays)
     if splits == 1 and _gluon(static, static.config.fwd, geo, q, arrays):
         cfg = static.config.fwd
         spec = static.mask.spec(cfg.block_m, cfg.block_n, geo["KV_LEN"])
@@ -129,6 +139,9 @@ def _forward(static: _Static, q, k, v, q_lens, kv_lens, arrays=()):
                             **{name: value for name, value in spec.constexprs().items()
                                if name in _GLUON_FORWARD_CONSTEXPRS}),
             config=cfg, implementation=static.implementation)
+    if static.config.fwd.fallback is not None:
+        # A Gluon configuration's calls the Gluon kernel does not take.
+        cfg, warp_specialize, splits = _forward_plan(static, static.config.fwd.fallback, geo, q, arrays)
     spec = static.mask.spec(cfg.block_m, cfg.block_n, geo["KV_LEN"]).with_arrays(arrays)
     constexprs = dict(geo, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT_FULL=_split_full(spec),
                       KV_SPLITS=splits, **spec.constexprs())
@@ -268,8 +281,11 @@ def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens, a
     b, t, n, s = q.shape[0], geo["Q_LEN"], geo["NUM_HEADS"], geo["KV_LEN"]
     kv_heads = n // geo["GROUP"]
     dout = dout.astype(q.dtype)
-    if _gluon_backward(static, static.config.bwd_dkdv, geo, q, arrays):
+    cfg = static.config.bwd_dkdv
+    if _gluon_backward(static, cfg, geo, q, arrays):
         return _backward_gluon(static, geo, q, k, v, out, lse, dout, dlse)
+    # A Gluon configuration's calls the Gluon kernel does not take.
+    dkdv_cfg = cfg.fallback or cfg
     mask_operands = _mask_operands(arrays)
     # dQ first: its programs also compute delta, which dK/dV reads.
     cfg = static.config.bwd_dq
@@ -293,7 +309,7 @@ def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens, a
         config=cfg, implementation=static.implementation)
     if splits > 1:
         dq = jnp.sum(dq, axis=0).astype(q.dtype)
-    cfg = static.config.bwd_dkdv
+    cfg = dkdv_cfg
     warp_specialize = _warp_specialize(static, cfg, geo, q, arrays, dkdv=True)
     if cfg.warp_specialize and not warp_specialize:
         # attn_bwd_dkdv spills at the 64x128 tile the warp-specialized kernel

@@ -13,6 +13,10 @@ name (``"*"`` matches every mask), and gives the three passes' tiling::
        "fwd": {"block_m": 128, "block_n": 64, "num_warps": 4, "num_stages": 3},
        "bwd_dkdv": {...}, "bwd_dq": {...}}]}
 
+A pass may add ``"warp_specialize"``, ``"kv_splits"``, ``"gluon"`` and a
+``"fallback"`` object (the Triton kernels' tiling of the calls the Gluon
+kernel does not take; see :class:`KernelConfig`).
+
 Tables are validated when first loaded; ``default.json`` must have a ``"*"``
 entry for every head dim and dtype class.
 """
@@ -34,7 +38,7 @@ BLOCK_DS = (16, 32, 64, 128, 256)
 WILDCARD = "*"
 FALLBACK_TABLE = "default"
 _KERNEL_FIELDS = ("block_m", "block_n", "num_warps", "num_stages")
-_OPTIONAL_KERNEL_FIELDS = ("warp_specialize", "kv_splits", "gluon")
+_OPTIONAL_KERNEL_FIELDS = ("warp_specialize", "kv_splits", "gluon", "fallback")
 # (block_m, block_n) of the Gluon kernels: the forward's two, the backward's one.
 _GLUON_TILES = ((128, 64), (128, 128), (64, 128))
 _ENTRY_FIELDS = ("block_d", "dtype", "mask", *PASSES)
@@ -90,8 +94,16 @@ class KernelConfig:
         ``PrefixLMChillMask``; not subclasses), 16-bit inputs, head dim 64 or 128, no query or
         key lengths, sequence lengths that are multiples of the tiles, no
         ``prescale_qk``, no key split (forward), and the tiles within
-        shared memory. Otherwise the pass runs as the other fields say
-        (``warp_specialize`` included).
+        shared memory. Otherwise the pass runs as ``fallback`` says, or
+        without one as the other fields say (``warp_specialize`` included).
+      fallback: the configuration the Triton kernels run at instead of
+        this one: the calls the Gluon kernel does not take (query or key
+        lengths, partial tiles, ``prescale_qk``, ...), whose best tile is
+        seldom the Gluon kernel's, or every call when ``gluon`` is False (so
+        ``dataclasses.replace(config, gluon=False)`` on a tuned Gluon entry
+        runs the entry's Triton tile). None (the default): this
+        configuration's own fields. It must not set ``gluon`` or a fallback
+        of its own.
     """
 
     block_m: int = 64
@@ -101,6 +113,7 @@ class KernelConfig:
     warp_specialize: bool = False
     kv_splits: int = 0
     gluon: bool = False
+    fallback: KernelConfig | None = None
 
     def __post_init__(self):
         for name in ("block_m", "block_n"):
@@ -124,17 +137,27 @@ class KernelConfig:
         if self.warp_specialize and self.num_stages != 2:
             raise ValueError("KernelConfig.warp_specialize needs num_stages == 2 (Triton 3.6's warp-specialized "
                              f"Hopper builds gave NaNs at 3 stages), got num_stages={self.num_stages}")
+        if self.fallback is not None:
+            if not isinstance(self.fallback, KernelConfig):
+                raise TypeError(f"KernelConfig.fallback must be a KernelConfig or None, got "
+                                f"{type(self.fallback).__name__}")
+            if self.fallback.gluon or self.fallback.fallback is not None:
+                raise ValueError("KernelConfig.fallback must not set gluon or a fallback of its own (it configures "
+                                 "the Triton kernels)")
 
-    def to_dict(self) -> dict[str, int | bool]:
+    def to_dict(self) -> dict[str, Any]:
         """The configuration as the JSON object of the tuned tables
-        (``warp_specialize``, ``kv_splits`` and ``gluon`` only when set)."""
-        data: dict[str, int | bool] = {name: getattr(self, name) for name in _KERNEL_FIELDS}
+        (``warp_specialize``, ``kv_splits``, ``gluon`` and ``fallback`` only
+        when set)."""
+        data: dict[str, Any] = {name: getattr(self, name) for name in _KERNEL_FIELDS}
         if self.warp_specialize:
             data["warp_specialize"] = True
         if self.kv_splits:
             data["kv_splits"] = self.kv_splits
         if self.gluon:
             data["gluon"] = True
+        if self.fallback is not None:
+            data["fallback"] = self.fallback.to_dict()
         return data
 
 
@@ -172,7 +195,8 @@ INTERPRET_CONFIG = AttentionConfig(
 
 
 def kernel_config_from_dict(data: Any, where: str) -> KernelConfig:
-    """Parses ``{"block_m", "block_n", "num_warps", "num_stages"}``.
+    """Parses ``{"block_m", "block_n", "num_warps", "num_stages"}`` and the
+    optional fields (``"fallback"`` a nested object of the same form).
 
     Args:
       data: the decoded JSON value.
@@ -198,9 +222,11 @@ def kernel_config_from_dict(data: Any, where: str) -> KernelConfig:
         raise ValueError(f"{where}.gluon: expected true or false, got {data['gluon']!r}")
     if "kv_splits" in data and (isinstance(data["kv_splits"], bool) or not isinstance(data["kv_splits"], int)):
         raise ValueError(f"{where}.kv_splits: expected an int, got {data['kv_splits']!r}")
+    fields = {name: data[name] for name in (*_KERNEL_FIELDS, *_OPTIONAL_KERNEL_FIELDS) if name in data}
+    if "fallback" in data:
+        fields["fallback"] = kernel_config_from_dict(data["fallback"], f"{where}.fallback")
     try:
-        return KernelConfig(**{name: data[name] for name in (*_KERNEL_FIELDS, *_OPTIONAL_KERNEL_FIELDS)
-                               if name in data})
+        return KernelConfig(**fields)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
 

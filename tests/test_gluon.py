@@ -32,12 +32,19 @@ class _MyFull(FullChillMask):
     (dict(block_m=256, block_n=128), "or 64x128"),
     (dict(num_warps=8), "num_warps == 4"),
     (dict(gluon=1), "must be a bool"),
+    (dict(fallback=GLUON), "fallback must not set gluon or a fallback"),
+    (dict(fallback=KernelConfig(fallback=KernelConfig())), "fallback must not set gluon or a fallback"),
 ])
 def test_config_validation(kwargs, match):
     fields = dict(block_m=128, block_n=128, num_warps=4, num_stages=2, gluon=True)
     fields.update(kwargs)
     with pytest.raises(ValueError, match=match):
         KernelConfig(**fields)
+
+
+def test_fallback_must_be_a_kernel_config():
+    with pytest.raises(TypeError, match="fallback must be a KernelConfig or None, got dict"):
+        dataclasses.replace(GLUON, fallback={"block_m": 64})
 
 
 def test_config_json_round_trip():
@@ -47,6 +54,15 @@ def test_config_json_round_trip():
     assert "gluon" not in KernelConfig(128, 128, 4, 2).to_dict()
     with pytest.raises(ValueError, match="gluon: expected true or false"):
         kernel_config_from_dict({**data, "gluon": "yes"}, "test")
+    with_fallback = dataclasses.replace(GLUON, fallback=KernelConfig(64, 64, 4, 3))
+    data = with_fallback.to_dict()
+    assert data["fallback"] == {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 3}
+    assert "fallback" not in GLUON.to_dict()
+    assert kernel_config_from_dict(data, "test") == with_fallback
+    with pytest.raises(ValueError, match=r"^e\.fwd\.fallback\.num_stages: expected an int"):
+        kernel_config_from_dict({**data, "fallback": {**data["fallback"], "num_stages": "3"}}, "e.fwd")
+    with pytest.raises(ValueError, match=r"^e\.fwd: KernelConfig\.fallback must not set gluon"):
+        kernel_config_from_dict({**data, "fallback": {**data["fallback"], "block_m": 128, "gluon": True}}, "e.fwd")
 
 
 @pytest.mark.parametrize("mask", [FullChillMask(), CausalChillMask(), chill_jax.PrefixLMChillMask(512),
@@ -111,19 +127,43 @@ def test_binding_falls_back(monkeypatch, case):
     assert "attn_fwd_gluon" not in _chosen_kernels(*_shapes(**shape), mask, **kwargs)
 
 
-def test_fallback_matches_reference(kernel_implementation, rng):
+@pytest.mark.parametrize("lengths, gluon", [(False, True), (True, True), (False, False)])
+def test_fallback_tile_where_the_call_refuses_gluon(monkeypatch, lengths, gluon):
+    """``KernelConfig.fallback`` is the tile of the forward the calls that
+    cannot take the Gluon kernel run (all of them with ``gluon=False``); the
+    others still take it."""
+    monkeypatch.setattr(_launch, "can_run_gluon", lambda implementation: True)
+    config = _with_fwd(fallback=KernelConfig(64, 32, 4, 3), gluon=gluon)
+    kwargs = dict(config=config)
+    if lengths:
+        kwargs["kv_lengths"] = np.asarray([256, 100], np.int32)
+    jax.clear_caches()
+    q, k, v = _shapes()
+    launches = [(launch[0].fn.__name__, launch[3].get("BLOCK_M"), launch[3].get("BLOCK_N"), launch[4].num_stages)
+                for launch in compile_check.record_launches(
+                    lambda q, k, v: chill_jax.attention(q, k, v, CausalChillMask(), implementation="interpret",
+                                                        **kwargs), q, k, v, execute=False)]
+    assert launches == ([("attn_fwd_gluon", 128, 128, 2)] if gluon and not lengths else [("attn_fwd", 64, 32, 3)])
+
+
+@pytest.mark.parametrize("fallback", [None, KernelConfig(64, 32, 4, 3)], ids=["no fallback", "fallback"])
+def test_fallback_matches_reference(kernel_implementation, rng, fallback):
     """A Gluon configuration where the call does not allow the kernel (query
-    lengths here; the interpreter never does) runs the other kernels, with
-    results that match the reference."""
+    lengths here; the interpreter never does) runs the other kernels (at
+    ``fallback``'s tile where it has one), with results that match the
+    reference."""
     if kernel_implementation == "interpret":
         assert not _launch.can_run_gluon(kernel_implementation)
     q, k, v = random_qkv(rng, jnp.bfloat16, batch=2, q_len=128, heads=2, kv_heads=1, head_dim=64)
     mask = CausalChillMask()
-    kwargs = dict(q_lengths=jnp.asarray([128, 77], jnp.int32), config=CONFIG, implementation=kernel_implementation)
+    config = _with_fwd(fallback=fallback)
+    kwargs = dict(q_lengths=jnp.asarray([128, 77], jnp.int32), config=config, implementation=kernel_implementation)
     jax.clear_caches()
-    launched = [launch[0].fn.__name__ for launch in compile_check.record_launches(
+    launched = [(launch[0].fn.__name__, launch[4]) for launch in compile_check.record_launches(
         lambda q, k, v: chill_jax.attention(q, k, v, mask, **kwargs), q, k, v)]
-    assert launched and "attn_fwd_gluon" not in launched
+    assert launched and "attn_fwd_gluon" not in [name for name, _ in launched]
+    if fallback is not None:
+        assert launched[0] == ("attn_fwd", fallback)
     dout = normal(rng, q.shape, q.dtype)
     result = attention_and_grads(q, k, v, mask, dout=dout, **kwargs)
     check_against_reference(result, q, k, v, mask, dout=dout, q_lengths=kwargs["q_lengths"])

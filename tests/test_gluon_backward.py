@@ -108,6 +108,32 @@ def test_binding_falls_back(monkeypatch, case):
     assert "attn_bwd_gluon" not in launched and "attn_bwd_dq" in launched
 
 
+@pytest.mark.parametrize("lengths, gluon", [(False, True), (True, True), (False, False)])
+def test_fallback_tile_where_the_call_refuses_gluon(monkeypatch, lengths, gluon):
+    """``KernelConfig.fallback`` on ``bwd_dkdv`` is the dK/dV tile of the
+    calls that cannot take the Gluon backward (all of them with
+    ``gluon=False``; a warp-specialized Gluon configuration's own tile would
+    run at 32x64 with 3 stages); the others still take the Gluon kernel."""
+    monkeypatch.setattr(_launch, "can_run_gluon", lambda implementation: True)
+    config = _with_bwd(warp_specialize=True, fallback=KernelConfig(32, 128, 4, 2), gluon=gluon)
+    kwargs = dict(config=config)
+    if lengths:
+        kwargs["q_lengths"] = np.asarray([256, 100], np.int32)
+    jax.clear_caches()
+    q, k, v = _shapes()
+
+    def fb(q, k, v):
+        return jax.vjp(lambda q, k, v: chill_jax.attention(q, k, v, CausalChillMask(), implementation="interpret",
+                                                           **kwargs), q, k, v)[1](jnp.ones(q.shape, q.dtype))
+
+    launches = [(launch[0].fn.__name__, launch[3].get("BLOCK_M"), launch[3].get("BLOCK_N"), launch[4].num_stages)
+                for launch in compile_check.record_launches(fb, q, k, v, execute=False)]
+    if gluon and not lengths:
+        assert launches[1:] == [("attn_bwd_gluon", 64, 128, 2)]
+    else:
+        assert launches[1:] == [("attn_bwd_dq", 64, 64, 2), ("attn_bwd_dkdv", 32, 128, 2)]
+
+
 @pytest.mark.parametrize("head_dim, mask", [
     *((128, mask) for mask in (FullChillMask(), CausalChillMask(), chill_jax.PrefixLMChillMask(512),
                                chill_jax.SlidingWindowChillMask(256, 256), chill_jax.ChunkwiseChillMask(128, 2))),
