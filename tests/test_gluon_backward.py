@@ -140,8 +140,18 @@ def test_fallback_tile_where_the_call_refuses_gluon(monkeypatch, lengths, gluon)
     *((64, mask) for mask in (FullChillMask(), CausalChillMask(), chill_jax.PrefixLMChillMask(512))),
 ], ids=str)
 def test_hopper_table_takes_gluon_backward(head_dim, mask):
+    """D=128 fits 2 stages; at D=64 causal and prefix-LM run 3. Where the
+    swept Triton dK/dV tile differs from what the Gluon tile falls back to
+    (32x64, 3 stages), the entry names it as its fallback."""
     bwd = default_config("triton", head_dim, 1, mask, generation="hopper").bwd_dkdv
-    assert bwd.gluon and bwd.warp_specialize and (bwd.block_m, bwd.block_n, bwd.num_stages) == (64, 128, 2)
+    stages = 3 if head_dim == 64 and type(mask) in (CausalChillMask, chill_jax.PrefixLMChillMask) else 2
+    assert bwd.gluon and (bwd.block_m, bwd.block_n, bwd.num_stages) == (64, 128, stages)
+    assert bwd.warp_specialize == (stages == 2)
+    fallbacks = {(128, "SlidingWindowChillMask"): KernelConfig(64, 64, 4, 2),
+                 (64, "FullChillMask"): KernelConfig(64, 64, 4, 3),
+                 (64, "CausalChillMask"): KernelConfig(32, 128, 4, 2),
+                 (64, "PrefixLMChillMask"): KernelConfig(64, 64, 4, 3)}
+    assert bwd.fallback == fallbacks.get((head_dim, type(mask).__name__))
 
 
 def test_no_gluon_backward_without_a_hopper_gpu(kernel_implementation, rng):
