@@ -256,6 +256,17 @@ def test_cache_merges_entries_and_leaves_no_temp_files(cache_dir, searches):
     assert os.listdir(cache_dir) == [_autotune.CACHE_FILE]
 
 
+def test_cache_keeps_gluon_fallback_tiles(cache_dir):
+    """A cached winner holding Gluon passes with fallback tiles (the Hopper
+    table's own entries can win) is read back whole."""
+    table = configs.default_config("triton", 64, 2, CausalChillMask(), generation="hopper")
+    assert table.bwd_dkdv.fallback is not None
+    path = os.path.join(cache_dir, _autotune.CACHE_FILE)
+    _autotune._write_entry(path, "hopper causal", dict(table.to_dict(), ms={"fwd": 1.0, "fwd_bwd": None}))
+    entry = _autotune.read_cache(path)["hopper causal"]
+    assert configs.attention_config_from_dict(entry, path) == table
+
+
 def test_cache_location(monkeypatch, tmp_path):
     """``$CHILL_JAX_CACHE_DIR`` first, then ``~/.cache/chill_jax``, then a
     temporary directory when the home directory is not writable."""
