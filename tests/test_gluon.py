@@ -71,6 +71,9 @@ def test_config_json_round_trip():
 def test_hopper_table_takes_gluon_at_d128(mask):
     fwd = default_config("triton", 128, 1, mask, generation="hopper").fwd
     assert fwd.gluon and fwd.warp_specialize and (fwd.block_m, fwd.block_n) == (128, 128)
+    # The sliding window's swept Triton tile, for the calls the Gluon kernel does not take.
+    sliding = type(mask) is chill_jax.SlidingWindowChillMask
+    assert fwd.fallback == (KernelConfig(64, 64, 4, 3) if sliding else None)
 
 
 def _chosen_kernels(q, k, v, mask, **kwargs):
