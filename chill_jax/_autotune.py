@@ -384,13 +384,22 @@ _NOMINAL_MULTIPROCESSORS = 132
 def _split_candidates(problem: Problem, fwd: KernelConfig, counts: Sequence[int]) -> list[KernelConfig]:
     """``fwd`` with each key-split count of ``counts`` (at most one part per
     key tile, not its own count), when its query tiles make fewer than two
-    programs per multiprocessor; otherwise none."""
+    programs per multiprocessor; otherwise none. A split forward runs the
+    Triton kernels, so a configuration with a ``fallback`` (a Gluon one)
+    splits at the fallback's tile: the count goes on both."""
     b, t, n, s, _, _ = problem.dims()
+    runs = fwd.fallback or fwd
     multiprocessors = _launch.multiprocessors(problem.implementation) or _NOMINAL_MULTIPROCESSORS
-    if triton.cdiv(t, fwd.block_m) * b * n >= 2 * multiprocessors:
+    if triton.cdiv(t, runs.block_m) * b * n >= 2 * multiprocessors:
         return []
-    key_tiles = triton.cdiv(s, fwd.block_n)
-    return [dataclasses.replace(fwd, kv_splits=c) for c in counts if c <= key_tiles and c != fwd.kv_splits]
+    key_tiles = triton.cdiv(s, runs.block_n)
+
+    def split(count: int) -> KernelConfig:
+        if fwd.fallback is None:
+            return dataclasses.replace(fwd, kv_splits=count)
+        return dataclasses.replace(fwd, kv_splits=count, fallback=dataclasses.replace(fwd.fallback, kv_splits=count))
+
+    return [split(c) for c in counts if c <= key_tiles and c != runs.kv_splits]
 
 
 class _Progress:

@@ -1,6 +1,7 @@
 # Copyright 2026 The chill-jax Authors. SPDX-License-Identifier: Apache-2.0
 """``autotune=True`` (timing, the on-disk cache) and the tuned configuration tables."""
 
+import dataclasses
 import json
 import os
 import time
@@ -156,6 +157,19 @@ def test_key_split_step(rng, timings):
     long = _autotune.Problem("interpret", (2, 64 * 140, 1, 16), (2, 64 * 140, 1, 16), "float32", FullChillMask(),
                              "BTNH", 0.25, "ieee")
     assert _autotune._split_candidates(long, BASE.fwd, (1, 2, 4)) == []
+
+
+def test_key_split_candidates_of_a_gluon_forward():
+    """A Gluon forward never splits its keys; a split count runs the Triton
+    kernels at the fallback's tile, so the candidates carry it there too
+    (counts bounded by the fallback's key tiles)."""
+    fallback = KernelConfig(64, 64, 4, 3)
+    fwd = KernelConfig(128, 128, 4, 2, warp_specialize=True, gluon=True, fallback=fallback)
+    problem = _autotune.Problem("interpret", (1, 256, 2, 128), (1, 256, 2, 128), "bfloat16",
+                                SlidingWindowChillMask(256, 256), "BTNH", 0.1, "ieee")
+    candidates = _autotune._split_candidates(problem, fwd, (1, 2, 4, 8))
+    assert [(c.kv_splits, c.fallback.kv_splits) for c in candidates] == [(1, 1), (2, 2), (4, 4)]
+    assert all(dataclasses.replace(c, kv_splits=0, fallback=fallback) == fwd for c in candidates)
 
 
 def test_every_candidate_failing_keeps_the_default(monkeypatch, rng, cache_dir, timings):

@@ -149,6 +149,27 @@ def test_fallback_tile_where_the_call_refuses_gluon(monkeypatch, lengths, gluon)
     assert launches == ([("attn_fwd_gluon", 128, 128, 2)] if gluon and not lengths else [("attn_fwd", 64, 32, 3)])
 
 
+def test_explicit_key_split_runs_the_fallback(monkeypatch):
+    """A key-split count (as the autotuner's split step sets it, on the
+    configuration and its fallback) runs the Triton forward at the
+    fallback's tile with that many parts; count 1 keeps the Gluon kernel."""
+    monkeypatch.setattr(_launch, "can_run_gluon", lambda implementation: True)
+    q, k, v = _shapes()
+    for count in (2, 1):
+        config = _with_fwd(kv_splits=count, fallback=KernelConfig(64, 32, 4, 3, kv_splits=count))
+        jax.clear_caches()
+        launches = compile_check.record_launches(
+            lambda q, k, v: chill_jax.attention(q, k, v, CausalChillMask(), implementation="interpret",
+                                                config=config), q, k, v, execute=False)
+        names = [launch[0].fn.__name__ for launch in launches]
+        if count == 1:
+            assert names == ["attn_fwd_gluon"]
+        else:
+            consts = launches[0][3]
+            assert names == ["attn_fwd", "attn_fwd_combine"]
+            assert (consts["BLOCK_M"], consts["BLOCK_N"], consts["KV_SPLITS"]) == (64, 32, 2)
+
+
 @pytest.mark.parametrize("fallback", [None, KernelConfig(64, 32, 4, 3)], ids=["no fallback", "fallback"])
 def test_fallback_matches_reference(kernel_implementation, rng, fallback):
     """A Gluon configuration where the call does not allow the kernel (query
