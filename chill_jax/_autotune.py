@@ -393,13 +393,9 @@ def _split_candidates(problem: Problem, fwd: KernelConfig, counts: Sequence[int]
     if triton.cdiv(t, runs.block_m) * b * n >= 2 * multiprocessors:
         return []
     key_tiles = triton.cdiv(s, runs.block_n)
-
-    def split(count: int) -> KernelConfig:
-        if fwd.fallback is None:
-            return dataclasses.replace(fwd, kv_splits=count)
-        return dataclasses.replace(fwd, kv_splits=count, fallback=dataclasses.replace(fwd.fallback, kv_splits=count))
-
-    return [split(c) for c in counts if c <= key_tiles and c != runs.kv_splits]
+    return [dataclasses.replace(fwd, kv_splits=c,
+                                fallback=fwd.fallback and dataclasses.replace(fwd.fallback, kv_splits=c))
+            for c in counts if c <= key_tiles and c != runs.kv_splits]
 
 
 class _Progress:

@@ -281,11 +281,8 @@ def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens, a
     b, t, n, s = q.shape[0], geo["Q_LEN"], geo["NUM_HEADS"], geo["KV_LEN"]
     kv_heads = n // geo["GROUP"]
     dout = dout.astype(q.dtype)
-    cfg = static.config.bwd_dkdv
-    if _gluon_backward(static, cfg, geo, q, arrays):
+    if _gluon_backward(static, static.config.bwd_dkdv, geo, q, arrays):
         return _backward_gluon(static, geo, q, k, v, out, lse, dout, dlse)
-    # A Gluon configuration's calls the Gluon kernel does not take.
-    dkdv_cfg = cfg.fallback or cfg
     mask_operands = _mask_operands(arrays)
     # dQ first: its programs also compute delta, which dK/dV reads.
     cfg = static.config.bwd_dq
@@ -309,7 +306,8 @@ def _backward(static: _Static, q, k, v, out, lse, dout, dlse, q_lens, kv_lens, a
         config=cfg, implementation=static.implementation)
     if splits > 1:
         dq = jnp.sum(dq, axis=0).astype(q.dtype)
-    cfg = dkdv_cfg
+    # A Gluon configuration's calls the Gluon kernel does not take run at its fallback.
+    cfg = static.config.bwd_dkdv.fallback or static.config.bwd_dkdv
     warp_specialize = _warp_specialize(static, cfg, geo, q, arrays, dkdv=True)
     if cfg.warp_specialize and not warp_specialize:
         # attn_bwd_dkdv spills at the 64x128 tile the warp-specialized kernel
