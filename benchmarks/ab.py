@@ -2,15 +2,17 @@
 """A/B timing of kernel variants in one GPU session.
 
 Each variant is a directory laid out like the repository root, holding a
-copy of ``kernels/`` and, where the variant changes the binding too, of
-``chill_jax/`` (for example ``git archive <ref> kernels chill_jax | tar -x -C
-variants/<name>``, kept untracked and not ignored, so it travels with the
-working tree). For each round, every variant in turn is copied over those
-packages and ``bench.py`` runs in a fresh process (the editable install
-imports the copied files); the checkout's own files are the variant
-``current`` and are restored at the end, also on failure. The rounds alternate the variants so that a drift of the GPU's
-state hits them alike; the table at the end gives each case's milliseconds
-per round, per variant.
+copy of ``kernels/`` and, where the variant changes the binding or the
+tuned tables too, of ``chill_jax/`` (for example ``git archive <ref>
+kernels chill_jax | tar -x -C variants/<name>``, kept untracked and not
+ignored, so it travels with the working tree). For each round, every
+variant in turn is copied over those packages (their ``*.py`` and
+``*.json`` files) and ``bench.py`` runs in a fresh process (the editable
+install imports the copied files); the checkout's own files are the
+variant ``current`` and are restored at the end, also on failure. The
+rounds alternate the variants so that a drift of the GPU's state hits them
+alike; the table at the end gives each case's milliseconds per round, per
+variant.
 
 Usage::
 
@@ -34,9 +36,15 @@ PACKAGES = ("kernels", "chill_jax")
 
 
 def _copy_py(source: str, dest: str) -> None:
-    for name in os.listdir(source):
-        if name.endswith(".py"):
-            shutil.copy(os.path.join(source, name), os.path.join(dest, name))
+    """Copies the package's sources (``*.py``) and data (``*.json``, the
+    tuned tables), subdirectories included, from ``source`` to ``dest``."""
+    for folder, dirs, files in os.walk(source):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        target = os.path.join(dest, os.path.relpath(folder, source))
+        for name in files:
+            if name.endswith((".py", ".json")):
+                os.makedirs(target, exist_ok=True)
+                shutil.copy(os.path.join(folder, name), os.path.join(target, name))
 
 
 def _install(variant: str) -> None:

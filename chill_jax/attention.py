@@ -125,9 +125,11 @@ def _forward(static: _Static, q, k, v, q_lens, kv_lens, arrays=()):
     cfg, warp_specialize, splits = _forward_plan(static, static.config.fwd, geo, q, arrays)
     if splits == 1 and _gluon(static, static.config.fwd, geo, q, arrays):
         cfg = static.config.fwd
-        spec = static.mask.spec(cfg.block_m, cfg.block_n, geo["KV_LEN"])
-        # Persistent: one program per multiprocessor (or per output tile).
-        items = t // cfg.block_m * b * n
+        # Each compute group of 64 queries takes its own full-tile run.
+        spec = static.mask.spec(64, cfg.block_n, geo["KV_LEN"])
+        # Persistent: one program per multiprocessor (or per output tile; the
+        # last query tile may be partial).
+        items = triton.cdiv(t, cfg.block_m) * b * n
         return _launch.launch(
             attn_fwd_gluon, grid=(min(items, multiprocessors or items),),
             args=[q, k, v, static.sm_scale],
@@ -211,20 +213,20 @@ def kv_splits(cfg: KernelConfig, programs: int, key_tiles: int, slots: int | Non
 
 
 def _gluon_allowed(static: _Static, cfg: KernelConfig, geo: dict[str, Any], q, arrays, kernel, masks: tuple,
-                   shared_bytes: int) -> bool:
+                   shared_bytes: int, query_step: int) -> bool:
     """The conditions the Gluon kernels share: asked for (``cfg.gluon``),
     importable (``kernel``), launchable (``_launch.can_run_gluon``: compute
     capability 9.x), a mask of one of the kernel's ``masks`` types (exact
     types: a subclass's methods may differ), 16-bit inputs, head dim 64 or
-    128, no query or key lengths, whole query and key tiles, no
-    ``prescale_qk``, and ``shared_bytes`` of tiles within Hopper's 227 KB of
-    shared memory."""
+    128, no query or key lengths, a query length that is a multiple of
+    ``query_step``, whole key tiles, no ``prescale_qk``, and
+    ``shared_bytes`` of tiles within Hopper's 227 KB of shared memory."""
     if not cfg.gluon or kernel is None or arrays or type(static.mask) not in masks:
         return False
     if not (static.full_q_lengths and static.full_kv_lengths) or static.prescale_qk:
         return False
     d, t, s = geo["HEAD_DIM"], geo["Q_LEN"], geo["KV_LEN"]
-    if q.dtype.itemsize != 2 or d not in (64, 128) or t % cfg.block_m or s % cfg.block_n or s < cfg.block_n:
+    if q.dtype.itemsize != 2 or d not in (64, 128) or t % query_step or s % cfg.block_n or s < cfg.block_n:
         return False
     if shared_bytes > 227 * 1024:
         return False
@@ -235,9 +237,10 @@ def _gluon(static: _Static, cfg: KernelConfig, geo: dict[str, Any], q, arrays) -
     """Whether the forward runs ``attn_fwd_gluon`` (``KernelConfig.gluon``):
     :func:`_gluon_allowed`, with the Q tile, the output's staging tile and
     ``num_stages`` K and V tiles in shared memory (at D=128 and block_n 128
-    that allows 2 stages)."""
+    that allows 2 stages), and a query length that is a multiple of 64 (a
+    compute group's rows; the last query tile may be partial)."""
     shared = (2 * cfg.block_m + 2 * cfg.num_stages * cfg.block_n) * geo["HEAD_DIM"] * 2
-    return _gluon_allowed(static, cfg, geo, q, arrays, attn_fwd_gluon, _GLUON_MASKS, shared)
+    return _gluon_allowed(static, cfg, geo, q, arrays, attn_fwd_gluon, _GLUON_MASKS, shared, 64)
 
 
 def _gluon_backward(static: _Static, cfg: KernelConfig, geo: dict[str, Any], q, arrays) -> bool:
@@ -251,7 +254,7 @@ def _gluon_backward(static: _Static, cfg: KernelConfig, geo: dict[str, Any], q, 
     # 2 x 2 half tiles), and 1 KB for the barriers.
     shared = ((2 * cfg.num_stages * cfg.block_m + 2 * cfg.block_n) * d * 2 + 2 * cfg.block_n * cfg.block_m * 2
               + 2 * cfg.block_m * d * 4 + 1024)
-    return _gluon_allowed(static, cfg, geo, q, arrays, attn_bwd_gluon, _GLUON_MASKS, shared)
+    return _gluon_allowed(static, cfg, geo, q, arrays, attn_bwd_gluon, _GLUON_MASKS, shared, cfg.block_m)
 
 
 def _warp_specialize(static: _Static, cfg, geo: dict[str, Any], q, arrays, *, dkdv: bool = False) -> bool:

@@ -39,8 +39,9 @@ WILDCARD = "*"
 FALLBACK_TABLE = "default"
 _KERNEL_FIELDS = ("block_m", "block_n", "num_warps", "num_stages")
 _OPTIONAL_KERNEL_FIELDS = ("warp_specialize", "kv_splits", "gluon", "fallback")
-# (block_m, block_n) of the Gluon kernels: the forward's two, the backward's one.
-_GLUON_TILES = ((128, 64), (128, 128), (64, 128))
+# (block_m, block_n) of the Gluon kernels: the forward's (two or three
+# compute warp groups of 64 queries), the backward's one.
+_GLUON_TILES = ((128, 64), (128, 128), (192, 64), (192, 128), (64, 128))
 _ENTRY_FIELDS = ("block_d", "dtype", "mask", *PASSES)
 
 
@@ -78,10 +79,10 @@ class KernelConfig:
         explicit forward counts for such calls (``AUTOTUNE_KV_SPLITS``).
       gluon: forward and dK/dV (not dQ): run the Hopper kernels whose warp
         specialization is written out by hand (Gluon): ``attn_fwd_gluon``
-        (persistent, one program per SM; two compute warp groups of 64
-        queries each and a TMA loader warp, ``kernels/forward_gluon.py``;
-        needs ``block_m == 128`` and
-        ``block_n`` 64 or 128) or ``attn_bwd_gluon`` (one pass computing dK,
+        (persistent, one program per SM; two or three compute warp groups
+        of 64 queries each and a TMA loader warp, ``kernels/forward_gluon.py``;
+        needs ``block_m`` 128 or 192 and ``block_n`` 64 or 128; 192, not a
+        power of two, also needs a ``fallback``) or ``attn_bwd_gluon`` (one pass computing dK,
         dV and dQ, two compute warp groups of 64 keys each and a loader warp,
         ``kernels/backward_gluon.py``; needs ``block_m == 64`` and ``block_n
         == 128``; it replaces the dQ launch, so ``bwd_dq`` is then unused,
@@ -118,8 +119,11 @@ class KernelConfig:
     def __post_init__(self):
         for name in ("block_m", "block_n"):
             value = getattr(self, name)
+            if name == "block_m" and value == 192 and self.gluon is True:
+                continue
             if not isinstance(value, int) or value < 16 or value & (value - 1):
-                raise ValueError(f"KernelConfig.{name} must be a power of two >= 16, got {value!r}")
+                raise ValueError(f"KernelConfig.{name} must be a power of two >= 16 (or 192 for the Gluon forward), "
+                                 f"got {value!r}")
         if not isinstance(self.num_warps, int) or self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"KernelConfig.num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps!r}")
         if not isinstance(self.num_stages, int) or self.num_stages < 1:
@@ -131,9 +135,13 @@ class KernelConfig:
         if not isinstance(self.gluon, bool):
             raise ValueError(f"KernelConfig.gluon must be a bool, got {self.gluon!r}")
         if self.gluon and ((self.block_m, self.block_n) not in _GLUON_TILES or self.num_warps != 4):
-            raise ValueError("KernelConfig.gluon needs num_warps == 4 and block_m x block_n 128x64 or 128x128 "
-                             "(forward: two compute warp groups of 64 queries) or 64x128 (dK/dV: two of 64 "
-                             f"keys), got {self.block_m}x{self.block_n} with {self.num_warps} warps")
+            raise ValueError("KernelConfig.gluon needs num_warps == 4 and block_m x block_n 128x64, 128x128, "
+                             "192x64 or 192x128 (forward: two or three compute warp groups of 64 queries) or "
+                             f"64x128 (dK/dV: two of 64 keys), got {self.block_m}x{self.block_n} with "
+                             f"{self.num_warps} warps")
+        if self.block_m == 192 and self.fallback is None:
+            raise ValueError("KernelConfig with block_m 192 (the three-group Gluon forward) needs a fallback: the "
+                             "Triton kernels run power-of-two tiles for the calls the Gluon kernel does not take")
         if self.warp_specialize and self.num_stages != 2:
             raise ValueError("KernelConfig.warp_specialize needs num_stages == 2 (Triton 3.6's warp-specialized "
                              f"Hopper builds gave NaNs at 3 stages), got num_stages={self.num_stages}")
@@ -170,9 +178,9 @@ class AttentionConfig:
     bwd_dq: KernelConfig = KernelConfig()
 
     def __post_init__(self):
-        if self.fwd.gluon and self.fwd.block_m != 128:
-            raise ValueError(f"AttentionConfig.fwd: gluon needs block_m == 128 (the Gluon forward's tiles are "
-                             f"128x64 or 128x128), got {self.fwd.block_m}x{self.fwd.block_n}")
+        if self.fwd.gluon and self.fwd.block_m not in (128, 192):
+            raise ValueError(f"AttentionConfig.fwd: gluon needs block_m 128 or 192 (the Gluon forward's tiles are "
+                             f"128 or 192 by 64 or 128), got {self.fwd.block_m}x{self.fwd.block_n}")
         if self.bwd_dkdv.gluon and (self.bwd_dkdv.block_m, self.bwd_dkdv.block_n) != (64, 128):
             raise ValueError("AttentionConfig.bwd_dkdv: gluon needs block_m == 64 and block_n == 128 (the Gluon "
                              f"backward's tile), got {self.bwd_dkdv.block_m}x{self.bwd_dkdv.block_n}")
@@ -514,9 +522,10 @@ _SMALL_D = dict(
 # (KernelConfig.gluon) ran them in 3.86 and 2.04 ms against 4.21 and 2.40
 # for attn_fwd_ws (ninth session, same process); made persistent (one
 # program per SM, eleventh session) it runs the D=128 sliding-window and
-# chunkwise forwards too. At D=64 it ties at the benchmark shape (S1 full
-# 1.29 against 1.34 ms, causal 0.80 against 0.73), so there it is a
-# candidate for other shapes, not a default. The Gluon
+# chunkwise forwards too. At D=64 its three-group tile (192 queries) ran
+# the S1 forward in 1.18 ms full and 0.71 causal against 1.35 and 0.79 for
+# the Triton tiles, the 128-query tile prefix-LM in 0.73 against 0.79
+# (fifteenth session); both are candidates there. The Gluon
 # one-pass backward (bwd_dkdv gluon) ran the S2 f+b in 15.81 and 8.63 ms
 # against 17.82 and 9.55 (full, causal; tenth session); at D=64 it won at full
 # (S1 5.43 against 5.60 ms) and lost at causal (3.19 against 3.06), so there
@@ -525,7 +534,8 @@ AUTOTUNE_CANDIDATES: dict[int, dict[str, tuple[KernelConfig, ...]]] = {
     16: _SMALL_D,
     32: _SMALL_D,
     64: dict(_SMALL_D, fwd=_SMALL_D["fwd"] + _kernel_configs((128, 128, 4, 2, False, 0, True),
-                                                            (128, 128, 4, 3, False, 0, True)),
+                                                            (128, 128, 4, 3, False, 0, True))
+             + (KernelConfig(192, 128, 4, 2, gluon=True, fallback=KernelConfig(128, 128, 4, 3)),),
              bwd_dkdv=_SMALL_D["bwd_dkdv"] + _kernel_configs((64, 128, 4, 2, False, 0, True),
                                                              (64, 128, 4, 3, False, 0, True))),
     128: dict(

@@ -4,6 +4,7 @@ Hopper table's configurations (chill_jax/tuned/hopper.json) and fits the
 per-block shared memory, on the host without a GPU."""
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -244,6 +245,36 @@ def test_gluon_forward_compiles_for_sm90(monkeypatch, case):
     assert 0 < compiled.metadata.shared <= H100_MAX_SHARED
     assert "wgmma.mma_async" in ptx and "setmaxnreg.inc" in ptx and "setmaxnreg.dec" in ptx
     assert "ld.local" not in ptx and "st.local" not in ptx  # no register spills
+
+
+@pytest.mark.parametrize("mask", [chill_jax.FullChillMask(), chill_jax.CausalChillMask(),
+                                  chill_jax.SlidingWindowChillMask(100, 60), chill_jax.ChunkwiseChillMask(96, 1),
+                                  chill_jax.PrefixLMChillMask(300)], ids=repr)
+@pytest.mark.parametrize("block_n", [64, 128])
+def test_three_group_gluon_forward_compiles_for_sm90(monkeypatch, mask, block_n):
+    """The Gluon forward at 192 queries per tile, D=64, with a partial last
+    query tile (320 queries): 16 warps (three compute groups and the
+    loader's group), the compute groups' registers raised to 160 and 168
+    and the loader's lowered to 24 (the 64K between them), shared memory
+    within the block's limit."""
+    monkeypatch.setattr(_launch, "can_run_gluon", lambda implementation: True)
+    fwd = KernelConfig(192, block_n, 4, 2, gluon=True, fallback=KernelConfig(64, 64, 4, 3))
+    config = AttentionConfig(fwd=fwd, bwd_dkdv=KernelConfig(64, 64, 4, 2), bwd_dq=KernelConfig(64, 64, 4, 2))
+    q = jax.ShapeDtypeStruct((2, 320, 4, 64), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((2, 384, 2, 64), jnp.bfloat16)
+    jax.clear_caches()  # record_launches sees only launches traced anew
+    launches = compile_check.record_launches(
+        lambda q, k, v: chill_jax.attention(q, k, v, mask, config=config, implementation="interpret"),
+        q, kv, kv, execute=False)
+    assert [launch[0].fn.__name__ for launch in launches] == ["attn_fwd_gluon"]
+    assert launches[0][3]["BLOCK_M"] == 192
+    compiled = compile_check.compile_launch(launches[0])
+    ptx = compiled.asm["ptx"]
+    assert compiled.metadata.num_warps == 16
+    assert 0 < compiled.metadata.shared <= H100_MAX_SHARED
+    registers = set(re.findall(r"setmaxnreg\.(?:inc|dec)\.sync\.aligned\.u32\s+(\d+);", ptx))
+    assert {"160", "168", "24"} <= registers
+    assert "wgmma.mma_async" in ptx
 
 
 @pytest.mark.parametrize("case", [

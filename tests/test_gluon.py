@@ -27,8 +27,12 @@ class _MyFull(FullChillMask):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(block_m=64, block_n=64), "128x64 or 128x128"),
-    (dict(block_n=32), "128x64 or 128x128"),
+    (dict(block_m=64, block_n=64), "128x64, 128x128, 192x64 or 192x128"),
+    (dict(block_n=32), "128x64, 128x128, 192x64 or 192x128"),
+    (dict(block_m=192, block_n=32, fallback=KernelConfig()), "192x64 or 192x128"),
+    (dict(block_m=192), "block_m 192 .* needs a fallback"),
+    (dict(block_m=192, gluon=False, fallback=KernelConfig()), r"power of two >= 16 \(or 192 for the Gluon"),
+    (dict(block_m=96), "power of two"),
     (dict(block_m=256, block_n=128), "or 64x128"),
     (dict(num_warps=8), "num_warps == 4"),
     (dict(gluon=1), "must be a bool"),
@@ -40,6 +44,16 @@ def test_config_validation(kwargs, match):
     fields.update(kwargs)
     with pytest.raises(ValueError, match=match):
         KernelConfig(**fields)
+
+
+def test_three_group_forward_config():
+    """192 queries (three compute groups) is a Gluon forward tile, with a
+    fallback; the backward's Gluon tile stays 64x128."""
+    fwd = KernelConfig(192, 128, 4, 2, gluon=True, fallback=KernelConfig(64, 64, 4, 3))
+    assert kernel_config_from_dict(fwd.to_dict(), "test") == fwd
+    assert AttentionConfig(fwd=fwd).fwd == fwd
+    with pytest.raises(ValueError, match="bwd_dkdv: gluon needs block_m == 64 and block_n == 128"):
+        AttentionConfig(bwd_dkdv=fwd)
 
 
 def test_fallback_must_be_a_kernel_config():
@@ -106,12 +120,19 @@ def test_binding_takes_gluon_where_allowed(monkeypatch, mask, layout):
     assert _chosen_kernels(*_shapes(d=64, t=512, s=128), mask, config=CONFIG) == ["attn_fwd_gluon"]
     narrow = _with_fwd(block_n=64, num_stages=3, warp_specialize=False)
     assert _chosen_kernels(*_shapes(jnp.float16), mask, config=narrow) == ["attn_fwd_gluon"]
+    # A partial last query tile (a multiple of 64 queries), two or three groups.
+    three = _with_fwd(block_m=192, fallback=KernelConfig(64, 64, 4, 3))
+    for config in (CONFIG, three):
+        assert _chosen_kernels(*_shapes(t=320, layout=layout), mask, layout=layout, config=config) == [
+            "attn_fwd_gluon"]
 
 
 @pytest.mark.parametrize("case", [
     ("query lengths", dict(q_lengths=jnp.asarray([256, 100], jnp.int32)), {}, FullChillMask()),
     ("key lengths", dict(kv_lengths=jnp.asarray([256, 100], jnp.int32)), {}, CausalChillMask()),
     ("partial query tile", {}, dict(t=200), FullChillMask()),
+    ("partial query tile, three groups", dict(config=_with_fwd(block_m=192, fallback=KernelConfig())),
+     dict(t=200), CausalChillMask()),
     ("partial key tile", {}, dict(s=320), CausalChillMask()),
     ("float32", {}, dict(dtype=jnp.float32), FullChillMask()),
     ("head dim 96", {}, dict(d=96), FullChillMask()),
@@ -207,23 +228,30 @@ _GPU_CASES = [
     ("BNTH", 64, 4, 2, 640, 512, jnp.bfloat16, chill_jax.ChunkwiseChillMask(96, 1)),
     ("BTNH", 128, 4, 4, 1024, 1024, jnp.bfloat16, chill_jax.PrefixLMChillMask(300)),
     ("BNTH", 64, 2, 2, 384, 640, jnp.float16, chill_jax.PrefixLMChillMask(512)),
+    # Query lengths that are not a multiple of 128 (partial last tiles at
+    # both tile heights).
+    ("BTNH", 64, 2, 1, 320, 256, jnp.bfloat16, CausalChillMask()),
+    ("BNTH", 128, 2, 2, 448, 512, jnp.float16, chill_jax.PrefixLMChillMask(100)),
 ]
 
 
-@pytest.mark.parametrize("block_n, stages", [(128, 2), (64, 3)])
+@pytest.mark.parametrize("block_m, block_n, stages", [(128, 128, 2), (128, 64, 3), (192, 128, 2), (192, 64, 3)])
 @pytest.mark.parametrize("case", _GPU_CASES, ids=lambda c: f"{c[0]}-d{c[1]}-n{c[2]}-kv{c[3]}-t{c[4]}-s{c[5]}-"
                          f"{np.dtype(c[6]).name}-{type(c[7]).__name__}")
-def test_gluon_forward_matches_reference(kernel_implementation, rng, case, block_n, stages):
+def test_gluon_forward_matches_reference(kernel_implementation, rng, case, block_m, block_n, stages):
     """On a Hopper GPU: the Gluon forward runs (the launch is recorded), and
     its out and lse, and the gradients the backward computes from them,
     match the float64 reference, for both layouts, GQA and MQA, query and
     key lengths that differ either way (causal cross-attention), bf16 and
-    fp16, head dims 64 and 128. Two runs give identical bits."""
+    fp16, head dims 64 and 128, two or three compute groups (128 or 192
+    queries per tile; most lengths leave a partial last tile at 192). Two
+    runs give identical bits."""
     if not _launch.can_run_gluon(kernel_implementation):
         pytest.skip("the Gluon forward needs a GPU of compute capability 9.x")
     layout, d, heads, kv_heads, t, s, dtype, mask = case
     # kv_splits=1: these small grids would otherwise split their keys (attn_fwd + attn_fwd_combine).
-    config = _with_fwd(block_n=block_n, num_stages=stages, warp_specialize=False, kv_splits=1)
+    config = _with_fwd(block_m=block_m, block_n=block_n, num_stages=stages, warp_specialize=False, kv_splits=1,
+                       fallback=KernelConfig(64, 64, 4, 2))
     q, k, v = random_qkv(rng, dtype, batch=2, q_len=t, kv_len=s, heads=heads, kv_heads=kv_heads, head_dim=d,
                          layout=layout)
     kwargs = dict(layout=layout, config=config, implementation=kernel_implementation)
@@ -240,23 +268,25 @@ def test_gluon_forward_matches_reference(kernel_implementation, rng, case, block
         np.testing.assert_array_equal(np.asarray(again[name]), np.asarray(result[name]), err_msg=name)
 
 
+@pytest.mark.parametrize("block_m", [128, 192])
 @pytest.mark.parametrize("programs", [1, 5])
 @pytest.mark.parametrize("case", _GPU_CASES + [
     # Query tiles past the window's reach (T > S + 64) visit no key tile.
     ("BTNH", 128, 4, 2, 1024, 512, jnp.bfloat16, chill_jax.SlidingWindowChillMask(64, 0)),
 ], ids=lambda c: f"{c[0]}-d{c[1]}-n{c[2]}-kv{c[3]}-t{c[4]}-s{c[5]}-{np.dtype(c[6]).name}-{type(c[7]).__name__}")
-def test_persistent_programs_match_reference(monkeypatch, kernel_implementation, rng, case, programs):
+def test_persistent_programs_match_reference(monkeypatch, kernel_implementation, rng, case, programs, block_m):
     """On a Hopper GPU: the forward is persistent (one program per
     multiprocessor, each taking every P-th output tile). With the count
     pretended to be 1 or 5 each program runs many tiles, so the key/value
     ring, the Q tiles' reuse and the output staging carry over from tile to
-    tile (and through tiles that visit no key); out and lse still match the
-    float64 reference and the grid has the pretended size."""
+    tile (and through tiles that visit no key, or whose last groups lie
+    past the query length and only release the ring); out and lse still
+    match the float64 reference and the grid has the pretended size."""
     if not _launch.can_run_gluon(kernel_implementation):
         pytest.skip("the Gluon forward needs a GPU of compute capability 9.x")
     monkeypatch.setattr(_launch, "multiprocessors", lambda implementation: programs)
     layout, d, heads, kv_heads, t, s, dtype, mask = case
-    config = _with_fwd(kv_splits=1)
+    config = _with_fwd(kv_splits=1, block_m=block_m, fallback=KernelConfig(64, 64, 4, 2))
     q, k, v = random_qkv(rng, dtype, batch=2, q_len=t, kv_len=s, heads=heads, kv_heads=kv_heads, head_dim=d,
                          layout=layout)
     kwargs = dict(layout=layout, config=config, implementation=kernel_implementation)
