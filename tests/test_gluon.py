@@ -232,6 +232,8 @@ _GPU_CASES = [
     # both tile heights).
     ("BTNH", 64, 2, 1, 320, 256, jnp.bfloat16, CausalChillMask()),
     ("BNTH", 128, 2, 2, 448, 512, jnp.float16, chill_jax.PrefixLMChillMask(100)),
+    # One query tile, partial at both heights (one live group of three at 192).
+    ("BTNH", 64, 2, 1, 64, 256, jnp.bfloat16, chill_jax.SlidingWindowChillMask(100, 30)),
 ]
 
 
