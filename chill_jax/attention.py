@@ -238,7 +238,11 @@ def _gluon(static: _Static, cfg: KernelConfig, geo: dict[str, Any], q, arrays) -
     :func:`_gluon_allowed`, with the Q tile, the output's staging tile and
     ``num_stages`` K and V tiles in shared memory (at D=128 and block_n 128
     that allows 2 stages), and a query length that is a multiple of 64 (a
-    compute group's rows; the last query tile may be partial)."""
+    compute group's rows; the first query tile may be partial) and at least
+    one whole tile (with a single partial tile Triton 3.6 fails to build
+    the kernel: its dead groups' rows fold to constants)."""
+    if geo["Q_LEN"] < cfg.block_m:
+        return False
     shared = (2 * cfg.block_m + 2 * cfg.num_stages * cfg.block_n) * geo["HEAD_DIM"] * 2
     return _gluon_allowed(static, cfg, geo, q, arrays, attn_fwd_gluon, _GLUON_MASKS, shared, 64)
 

@@ -133,6 +133,9 @@ def test_binding_takes_gluon_where_allowed(monkeypatch, mask, layout):
     ("partial query tile", {}, dict(t=200), FullChillMask()),
     ("partial query tile, three groups", dict(config=_with_fwd(block_m=192, fallback=KernelConfig())),
      dict(t=200), CausalChillMask()),
+    ("one partial query tile", {}, dict(t=64), CausalChillMask()),
+    ("one partial query tile, three groups", dict(config=_with_fwd(block_m=192, fallback=KernelConfig())),
+     dict(t=128), FullChillMask()),
     ("partial key tile", {}, dict(s=320), CausalChillMask()),
     ("float32", {}, dict(dtype=jnp.float32), FullChillMask()),
     ("head dim 96", {}, dict(d=96), FullChillMask()),
@@ -232,8 +235,6 @@ _GPU_CASES = [
     # both tile heights).
     ("BTNH", 64, 2, 1, 320, 256, jnp.bfloat16, CausalChillMask()),
     ("BNTH", 128, 2, 2, 448, 512, jnp.float16, chill_jax.PrefixLMChillMask(100)),
-    # One query tile, partial at both heights (one live group of three at 192).
-    ("BTNH", 64, 2, 1, 64, 256, jnp.bfloat16, chill_jax.SlidingWindowChillMask(100, 30)),
 ]
 
 
