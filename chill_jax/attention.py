@@ -128,7 +128,7 @@ def _forward(static: _Static, q, k, v, q_lens, kv_lens, arrays=()):
         # Each compute group of 64 queries takes its own full-tile run.
         spec = static.mask.spec(64, cfg.block_n, geo["KV_LEN"])
         # Persistent: one program per multiprocessor (or per output tile; the
-        # last query tile may be partial).
+        # first query tile may be partial).
         items = triton.cdiv(t, cfg.block_m) * b * n
         return _launch.launch(
             attn_fwd_gluon, grid=(min(items, multiprocessors or items),),

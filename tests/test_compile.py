@@ -252,7 +252,7 @@ def test_gluon_forward_compiles_for_sm90(monkeypatch, case):
                                   chill_jax.PrefixLMChillMask(300)], ids=repr)
 @pytest.mark.parametrize("block_n", [64, 128])
 def test_three_group_gluon_forward_compiles_for_sm90(monkeypatch, mask, block_n):
-    """The Gluon forward at 192 queries per tile, D=64, with a partial last
+    """The Gluon forward at 192 queries per tile, D=64, with a partial first
     query tile (320 queries): 16 warps (three compute groups and the
     loader's group), the compute groups' registers raised to 160 and 168
     and the loader's lowered to 24 (the 64K between them), shared memory

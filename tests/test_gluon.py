@@ -120,7 +120,7 @@ def test_binding_takes_gluon_where_allowed(monkeypatch, mask, layout):
     assert _chosen_kernels(*_shapes(d=64, t=512, s=128), mask, config=CONFIG) == ["attn_fwd_gluon"]
     narrow = _with_fwd(block_n=64, num_stages=3, warp_specialize=False)
     assert _chosen_kernels(*_shapes(jnp.float16), mask, config=narrow) == ["attn_fwd_gluon"]
-    # A partial last query tile (a multiple of 64 queries), two or three groups.
+    # A partial first query tile (a multiple of 64 queries), two or three groups.
     three = _with_fwd(block_m=192, fallback=KernelConfig(64, 64, 4, 3))
     for config in (CONFIG, three):
         assert _chosen_kernels(*_shapes(t=320, layout=layout), mask, layout=layout, config=config) == [
@@ -231,7 +231,7 @@ _GPU_CASES = [
     ("BNTH", 64, 4, 2, 640, 512, jnp.bfloat16, chill_jax.ChunkwiseChillMask(96, 1)),
     ("BTNH", 128, 4, 4, 1024, 1024, jnp.bfloat16, chill_jax.PrefixLMChillMask(300)),
     ("BNTH", 64, 2, 2, 384, 640, jnp.float16, chill_jax.PrefixLMChillMask(512)),
-    # Query lengths that are not a multiple of 128 (partial last tiles at
+    # Query lengths that are not a multiple of 128 (partial first tiles at
     # both tile heights).
     ("BTNH", 64, 2, 1, 320, 256, jnp.bfloat16, CausalChillMask()),
     ("BNTH", 128, 2, 2, 448, 512, jnp.float16, chill_jax.PrefixLMChillMask(100)),
@@ -247,7 +247,7 @@ def test_gluon_forward_matches_reference(kernel_implementation, rng, case, block
     match the float64 reference, for both layouts, GQA and MQA, query and
     key lengths that differ either way (causal cross-attention), bf16 and
     fp16, head dims 64 and 128, two or three compute groups (128 or 192
-    queries per tile; most lengths leave a partial last tile at 192). Two
+    queries per tile; most lengths leave a partial first tile at 192). Two
     runs give identical bits."""
     if not _launch.can_run_gluon(kernel_implementation):
         pytest.skip("the Gluon forward needs a GPU of compute capability 9.x")
