@@ -115,6 +115,8 @@ def _tile_keys(tile, BATCH: gl.constexpr, NUM_HEADS: gl.constexpr, Q_LEN: gl.con
     if UNMASKED:
         first = q_start * 0
         end = first + KV_LEN
+    elif Q_LEN % BLOCK_M == 0:
+        first, end = tile_loop_bounds(q_start, BLOCK_M, KV_LEN, K_RANGE_FN, K_CONTINUOUS, BLOCK_M, ARGS, BLOCK_N)
     else:
         row = gl.maximum(q_start, 0)
         first, end = tile_loop_bounds(row, q_start + BLOCK_M - row, KV_LEN, K_RANGE_FN, K_CONTINUOUS, BLOCK_M, ARGS,
@@ -217,11 +219,18 @@ def _compute(q_smem, o_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty,
     [0, 64)``, then the output tile (staged in ``o_smem``, stored by TMA
     while the next item runs) and its log-sum-exps. Tiles outside the mask's
     full run evaluate the mask (none with ``UNMASKED``); with no tile at all
-    the rows get 0 and ``-inf``. The group visits the key tiles its own rows
-    need and only releases the item's others; rows before 0 (a partial
-    first query tile) are not computed, their group only releases the
-    ring."""
+    the rows get 0 and ``-inf``. Of three groups, each visits the key tiles
+    its own rows need and only releases the item's others (two groups visit
+    the item's); rows before 0 (a partial first query tile) are not
+    computed, their group only releases the ring."""
     ROWS: gl.constexpr = _GROUP_M
+    # Runs of their own for the groups at three only: at two, with the
+    # tuned 128-key tiles, a group's run is the item's for the benchmark
+    # masks, and working it out cost S2's sliding window forward 5%.
+    GROUP_RUNS: gl.constexpr = BLOCK_M // _GROUP_M > 2
+    # Whether the first query tile is partial (else no group has rows
+    # before 0, and the branch for them folds away).
+    PARTIAL: gl.constexpr = Q_LEN % BLOCK_M != 0
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -240,17 +249,17 @@ def _compute(q_smem, o_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty,
         # The item's key tiles (the ring's); this group's rows may need fewer.
         n_tiles = gl.cdiv(gl.maximum(end - first, 0), BLOCK_N)
         q_start = q_tile + WG * ROWS
-        mbarrier.wait(q_ready.index(WG), item & 1)
-        if q_start < 0:
+        if (q_start < 0) & PARTIAL:
             # Rows before the sequence (a partial first query tile): nothing
             # to compute or store.
+            mbarrier.wait(q_ready.index(WG), item & 1)
             mbarrier.arrive(q_empty.index(WG), count=1)
             _pass_ring(k_ready, k_empty, v_ready, v_empty, count, n_tiles, NUM_STAGES)
         else:
             # This group's own run of the item's key tiles, from tile `skip`:
             # the tiles before and after it are only released (a causal
             # tile's first group skips the keys past its rows).
-            if UNMASKED:
+            if UNMASKED or not GROUP_RUNS:
                 skip = n_tiles * 0
                 own_tiles = n_tiles
             else:
@@ -258,7 +267,8 @@ def _compute(q_smem, o_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty,
                                                    BLOCK_N)
                 skip = gl.minimum(gl.maximum(own_lo - first, 0) // BLOCK_N, n_tiles)
                 own_tiles = gl.minimum(gl.cdiv(gl.maximum(own_end - own_lo, 0), BLOCK_N), n_tiles - skip)
-            _pass_ring(k_ready, k_empty, v_ready, v_empty, count, skip, NUM_STAGES)
+            if GROUP_RUNS:
+                _pass_ring(k_ready, k_empty, v_ready, v_empty, count, skip, NUM_STAGES)
             own_count = count + skip
             own_first = first + skip * BLOCK_N
             own_stop = own_first + own_tiles * BLOCK_N
@@ -276,6 +286,9 @@ def _compute(q_smem, o_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty,
             acc = gl.zeros([ROWS, HEAD_DIM], gl.float32, o_layout)
             m_i = gl.full([ROWS], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
             l_i = gl.zeros([ROWS], gl.float32, gl.SliceLayout(1, s_layout))
+            # The key runs are worked out while the item's Q slice may still
+            # be on its way.
+            mbarrier.wait(q_ready.index(WG), item & 1)
             if own_tiles > 0:
                 # Tile 0: its scores and softmax, nothing to overlap with yet.
                 slot = own_count % NUM_STAGES
@@ -332,8 +345,9 @@ def _compute(q_smem, o_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty,
             else:
                 mbarrier.arrive(q_empty.index(WG), count=1)
 
-            _pass_ring(k_ready, k_empty, v_ready, v_empty, own_count + own_tiles, n_tiles - skip - own_tiles,
-                       NUM_STAGES)
+            if GROUP_RUNS:
+                _pass_ring(k_ready, k_empty, v_ready, v_empty, own_count + own_tiles, n_tiles - skip - own_tiles,
+                           NUM_STAGES)
 
             # Rows without an allowed key (l = 0) get 0 and lse -inf.
             l_safe = gl.where(l_i == 0.0, 1.0, l_i)
