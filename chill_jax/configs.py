@@ -525,7 +525,8 @@ _SMALL_D = dict(
 # chunkwise forwards too. At D=64 its three-group tile (192 queries) ran
 # the S1 forward in 1.18 ms full and 0.71 causal against 1.35 and 0.79 for
 # the Triton tiles, the 128-query tile prefix-LM in 0.73 against 0.79
-# (fifteenth session); both are candidates there. The Gluon
+# (fifteenth session), and its 192x64 tile the sliding window in 0.26
+# against 0.28 (sixteenth); all three are candidates there. The Gluon
 # one-pass backward (bwd_dkdv gluon) ran the S2 f+b in 15.81 and 8.63 ms
 # against 17.82 and 9.55 (full, causal; tenth session); at D=64 it won at full
 # (S1 5.43 against 5.60 ms) and lost at causal (3.19 against 3.06), so there
@@ -535,7 +536,8 @@ AUTOTUNE_CANDIDATES: dict[int, dict[str, tuple[KernelConfig, ...]]] = {
     32: _SMALL_D,
     64: dict(_SMALL_D, fwd=_SMALL_D["fwd"] + _kernel_configs((128, 128, 4, 2, False, 0, True),
                                                             (128, 128, 4, 3, False, 0, True))
-             + (KernelConfig(192, 128, 4, 2, gluon=True, fallback=KernelConfig(128, 128, 4, 3)),),
+             + (KernelConfig(192, 128, 4, 2, gluon=True, fallback=KernelConfig(128, 128, 4, 3)),
+                KernelConfig(192, 64, 4, 3, gluon=True, fallback=KernelConfig(64, 64, 4, 3))),
              bwd_dkdv=_SMALL_D["bwd_dkdv"] + _kernel_configs((64, 128, 4, 2, False, 0, True),
                                                              (64, 128, 4, 3, False, 0, True))),
     128: dict(

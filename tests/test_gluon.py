@@ -227,6 +227,7 @@ _GPU_CASES = [
     ("BNTH", 64, 4, 1, 640, 640, jnp.float16, CausalChillMask()),
     ("BTNH", 128, 4, 2, 1024, 1024, jnp.bfloat16, chill_jax.SlidingWindowChillMask(100, 60)),
     ("BNTH", 128, 2, 1, 512, 768, jnp.float16, chill_jax.SlidingWindowChillMask(0, 200)),
+    ("BNTH", 64, 2, 1, 640, 640, jnp.bfloat16, chill_jax.SlidingWindowChillMask(256, 256)),
     ("BTNH", 128, 2, 2, 768, 768, jnp.bfloat16, chill_jax.ChunkwiseChillMask(128, 2)),
     ("BNTH", 64, 4, 2, 640, 512, jnp.bfloat16, chill_jax.ChunkwiseChillMask(96, 1)),
     ("BTNH", 128, 4, 4, 1024, 1024, jnp.bfloat16, chill_jax.PrefixLMChillMask(300)),
