@@ -254,10 +254,11 @@ def _gluon_backward(static: _Static, cfg: KernelConfig, geo: dict[str, Any], q, 
     ``num_stages`` Q and dO tiles, the key and value tile, and the dS and dQ
     staging tiles in shared memory (at D=128 that allows 2 stages)."""
     d = geo["HEAD_DIM"]
-    # Q and dO ring, K and V, dS^T (2 steps x 2 groups), dQ staging (float32,
-    # 2 x 2 half tiles), and 1 KB for the barriers.
-    shared = ((2 * cfg.num_stages * cfg.block_m + 2 * cfg.block_n) * d * 2 + 2 * cfg.block_n * cfg.block_m * 2
-              + 2 * cfg.block_m * d * 4 + 1024)
+    # Q and dO ring with their lse and delta (float32), K and V, dS^T (2 steps
+    # x 2 groups), dQ staging (float32, 2 x 2 half tiles), and 1 KB for the
+    # barriers.
+    shared = ((2 * cfg.num_stages * cfg.block_m + 2 * cfg.block_n) * d * 2 + 2 * cfg.num_stages * cfg.block_m * 4
+              + 2 * cfg.block_n * cfg.block_m * 2 + 2 * cfg.block_m * d * 4 + 1024)
     return _gluon_allowed(static, cfg, geo, q, arrays, attn_bwd_gluon, _GLUON_MASKS, shared, cfg.block_m)
 
 

@@ -8,15 +8,16 @@ seven in the two launches of ``backward.py``). Three partitions:
 
 * two compute warp groups (4 warps each), each owning ``BLOCK_N // 2`` keys
   and their dK, dV accumulators. Per query tile: ``S^T = K Q^T`` and
-  ``dP^T = V dO^T`` (``wgmma``, both from shared memory), ``P^T`` and
-  ``dS^T`` on the CUDA cores, ``dV += P^T dO`` and ``dK += dS^T Q`` (P^T and
-  dS^T from registers), then dQ for half of the head dim over all
-  ``BLOCK_N`` keys (``dQ = dS K`` with both groups' dS^T staged in shared
-  memory), staged in float32 and added to the buffer by TMA reductions;
+  ``dP^T = V dO^T`` (``wgmma``; K and V from registers at D=64, from shared
+  memory at D=128), ``P^T`` and ``dS^T`` on the CUDA cores, ``dV += P^T
+  dO`` and ``dK += dS^T Q`` (P^T and dS^T from registers), then dQ for half
+  of the head dim over all ``BLOCK_N`` keys (``dQ = dS K`` with both
+  groups' dS^T staged in shared memory), staged in float32 and added to the
+  buffer by TMA reductions;
 * one loader warp that copies the key and value tile once, then each query
-  tile of each query head of the group (Q and dO) into a ring of
-  ``NUM_STAGES`` shared-memory slots by TMA (ready/empty mbarriers per
-  slot, each slot released by both compute groups).
+  tile of each query head of the group (Q with its lse, dO with its delta)
+  into a ring of ``NUM_STAGES`` shared-memory slots by TMA (ready/empty
+  mbarriers per slot, each slot released by both compute groups).
 
 dQ's reductions land in any order, so its float32 sums are order-dependent:
 unlike ``backward.py`` this backward is not bitwise deterministic in dQ (dK
@@ -48,7 +49,7 @@ from triton._C.libtriton import ir
 from triton.experimental.gluon.language._core import builtin
 from triton.runtime.jit import constexpr_function
 
-from .forward_gluon import _ring_load, _seq_descriptor, _snake
+from .forward_gluon import _seq_descriptor, _snake
 from .tiles import full_tile_span, seq_origin, tile_loop_bounds
 
 _LOG2E = gl.constexpr(1.4426950408889634)
@@ -99,17 +100,30 @@ def _bwd_item(item, BATCH: gl.constexpr, KV_HEADS: gl.constexpr, Q_LEN: gl.const
 
 
 @gluon.jit
-def _bwd_loader(q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, kv_empty,
-                q_ready, q_empty, do_ready, do_empty, ARGS, BATCH: gl.constexpr, NUM_HEADS: gl.constexpr,
-                GROUP: gl.constexpr, Q_LEN: gl.constexpr, KV_LEN: gl.constexpr, SQT: gl.constexpr,
-                SQH: gl.constexpr, SKT: gl.constexpr, SKH: gl.constexpr, HEAD_DIM: gl.constexpr,
+def _ring_load_with_stat(desc, row, col, stat_desc, stat_col, ready, empty, smem, stat_smem, slot, free_phase):
+    """``forward_gluon._ring_load`` of a query tile (``desc``'s block at
+    ``[row, col]``) together with its ``BLOCK_M`` float32 statistics
+    (``stat_desc``'s block at ``[stat_col]``: lse with Q, delta with dO) into
+    the same slot, both counted by the slot's ``ready`` barrier."""
+    mbarrier.wait(empty.index(slot), free_phase)
+    mbarrier.expect(ready.index(slot), desc.block_type.nbytes + stat_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(desc, [row, col], ready.index(slot), smem.index(slot))
+    tma.async_copy_global_to_shared(stat_desc, [stat_col], ready.index(slot), stat_smem.index(slot))
+
+
+@gluon.jit
+def _bwd_loader(q_desc, do_desc, k_desc, v_desc, lse_desc, delta_desc, q_smem, do_smem, k_smem, v_smem, lse_smem,
+                delta_smem, kv_bar, kv_empty, q_ready, q_empty, do_ready, do_empty, ARGS, BATCH: gl.constexpr,
+                NUM_HEADS: gl.constexpr, GROUP: gl.constexpr, Q_LEN: gl.constexpr, KV_LEN: gl.constexpr,
+                SQT: gl.constexpr, SQH: gl.constexpr, SKT: gl.constexpr, SKH: gl.constexpr, HEAD_DIM: gl.constexpr,
                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
                 Q_RANGE_FN: gl.constexpr, Q_CONTINUOUS: gl.constexpr, UNMASKED: gl.constexpr):
     """The loader warp, for each work item: the two halves of the key and
     value tile (once both compute groups have stored the previous item's dK
-    and dV, which are staged in the same tiles), then Q and dO tile by tile,
-    query head by query head, through the ring (``steps`` so far set the
-    slot and phase, so the ring runs on across items)."""
+    and dV, which are staged in the same tiles), then Q with its lse and dO
+    with its delta tile by tile, query head by query head, through the ring
+    (``steps`` so far set the slot and phase, so the ring runs on across
+    items)."""
     HALF_N: gl.constexpr = BLOCK_N // 2
     KV_HEADS: gl.constexpr = NUM_HEADS // GROUP
     total = BATCH * KV_HEADS * (KV_LEN // BLOCK_N)
@@ -133,18 +147,21 @@ def _bwd_loader(q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem
         for i in range(GROUP * n_q):
             g = i // n_q
             row, col = seq_origin(b, kvh * GROUP + g, NUM_HEADS, Q_LEN, SQT, SQH, HEAD_DIM)
-            row = row + first_m + (i - g * n_q) * BLOCK_M
+            m0 = first_m + (i - g * n_q) * BLOCK_M
+            stat = (b * NUM_HEADS + kvh * GROUP + g) * Q_LEN + m0
             slot = (steps + i) % NUM_STAGES
             free = (((steps + i) // NUM_STAGES) & 1) ^ 1
-            _ring_load(q_desc, row, col, q_ready, q_empty, q_smem, slot, free)
-            _ring_load(do_desc, row, col, do_ready, do_empty, do_smem, slot, free)
+            _ring_load_with_stat(q_desc, row + m0, col, lse_desc, stat, q_ready, q_empty, q_smem, lse_smem, slot,
+                                 free)
+            _ring_load_with_stat(do_desc, row + m0, col, delta_desc, stat, do_ready, do_empty, do_smem, delta_smem,
+                                 slot, free)
         steps += GROUP * n_q
         item += 1
 
 
 @gluon.jit
-def _bwd_compute(q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, kv_empty, q_ready, q_empty, do_ready,
-                 do_empty, ds_full, loop_done, dk_desc, dv_desc, dq_desc, Lse, Delta, sm_scale, ARGS,
+def _bwd_compute(q_smem, do_smem, k_smem, v_smem, lse_smem, delta_smem, ds_smem, dq_smem, kv_bar, kv_empty,
+                 q_ready, q_empty, do_ready, do_empty, ds_full, loop_done, dk_desc, dv_desc, dq_desc, sm_scale, ARGS,
                  HALF: gl.constexpr, BATCH: gl.constexpr, NUM_HEADS: gl.constexpr, GROUP: gl.constexpr,
                  Q_LEN: gl.constexpr, KV_LEN: gl.constexpr, SQT: gl.constexpr, SQH: gl.constexpr,
                  SKT: gl.constexpr, SKH: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr,
@@ -169,6 +186,12 @@ def _bwd_compute(q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, kv_e
     dq_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                         instr_shape=[16, HALF_D, 16])
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    # At D=64 this group's keys and values sit in registers as A of S^T and
+    # dP^T (16 registers each per thread), which saves their shared-memory
+    # reads every step; at D=128 they would cost 64 registers, and the kernel
+    # spills already.
+    KV_IN_REGS: gl.constexpr = HEAD_DIM == 64
+    kv_a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2)
     dtype: gl.constexpr = q_smem.dtype
     k = k_smem.index(HALF)
     v = v_smem.index(HALF)
@@ -176,7 +199,7 @@ def _bwd_compute(q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, kv_e
     k0_cols = k_smem.index(0).slice(HALF * HALF_D, HALF_D, dim=1)
     k1_cols = k_smem.index(1).slice(HALF * HALF_D, HALF_D, dim=1)
     qk_scale = sm_scale * _LOG2E
-    q_offs = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
+    stat_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
     # The mask methods' layout: queries along rows, its transpose s_layout.
     qk_layout: gl.constexpr = _transposed(gl.to_linear_layout(s_layout, [HALF_N, BLOCK_M]))
     mask_q = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, qk_layout))
@@ -203,6 +226,12 @@ def _bwd_compute(q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, kv_e
         dv = gl.zeros([HALF_N, HEAD_DIM], gl.float32, o_layout)
 
         mbarrier.wait(kv_bar, item & 1)
+        if KV_IN_REGS:
+            k_a = k.load(kv_a_layout)
+            v_a = v.load(kv_a_layout)
+        else:
+            k_a = k
+            v_a = v
         for i in range(GROUP * n_q):
             g = i // n_q
             h = kvh * GROUP + g
@@ -211,10 +240,6 @@ def _bwd_compute(q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, kv_e
             slot = step % NUM_STAGES
             phase = (step // NUM_STAGES) & 1
             parity = step % 2
-            stat = (b * NUM_HEADS + h) * Q_LEN + m0
-            lse = gl.load(Lse + stat + q_offs)
-            # Rows with no allowed key (lse = -inf) get p = 0.
-            lse2 = gl.where(lse == float("-inf"), float("inf"), lse * _LOG2E)
             q = q_smem.index(slot)
             do = do_smem.index(slot)
             # Accumulators the MMAs ignore (use_acc=False), made in the loop so
@@ -222,9 +247,12 @@ def _bwd_compute(q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, kv_e
             zero_s = gl.zeros([HALF_N, BLOCK_M], gl.float32, s_layout)
             zero_dq = gl.zeros([BLOCK_M, HALF_D], gl.float32, dq_layout)
             mbarrier.wait(q_ready.index(slot), phase)
-            st = warpgroup_mma(k, q.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            st = warpgroup_mma(k_a, q.permute((1, 0)), zero_s, use_acc=False, is_async=True)
             mbarrier.wait(do_ready.index(slot), phase)
-            dpt = warpgroup_mma(v, do.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            dpt = warpgroup_mma(v_a, do.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            lse = lse_smem.index(slot).load(stat_layout)
+            # Rows with no allowed key (lse = -inf) get p = 0.
+            lse2 = gl.where(lse == float("-inf"), float("inf"), lse * _LOG2E)
             st = warpgroup_mma_wait(num_outstanding=1, deps=(st,))
             pt = gl.exp2(st * qk_scale - gl.expand_dims(lse2, 0))
             if not UNMASKED:
@@ -240,7 +268,7 @@ def _bwd_compute(q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, kv_e
             # dV done before dS: letting it run on through dS spills (sm_90 build)
             # and measured slower (S2 f+b +12%).
             dpt, dv = warpgroup_mma_wait(num_outstanding=0, deps=(dpt, dv))
-            delta = gl.load(Delta + stat + q_offs)
+            delta = delta_smem.index(slot).load(stat_layout)
             dst = (pt * (dpt - gl.expand_dims(delta, 0))).to(dtype)
             dk = warpgroup_mma(gl.convert_layout(dst, a_layout), q, dk, is_async=True)
             # dS^T to shared memory for dQ = dS K, double-buffered by step: a
@@ -320,11 +348,17 @@ def attn_bwd_gluon(Q, K, V, DOut, Lse, Delta, sm_scale, DQ, DK, DV,
     v_desc = _seq_descriptor(V, BATCH, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM, HALF_N, kv_layout)
     dk_desc = _seq_descriptor(DK, BATCH, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM, HALF_N, kv_layout)
     dv_desc = _seq_descriptor(DV, BATCH, KV_HEADS, KV_LEN, SKT, SKH, HEAD_DIM, HALF_N, kv_layout)
+    # Lse and delta, [B * N * T] float32, a query tile's BLOCK_M per copy.
+    stat_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=1)
+    lse_desc = tma.make_tensor_descriptor(Lse, [BATCH * NUM_HEADS * Q_LEN], [1], [BLOCK_M], stat_layout)
+    delta_desc = tma.make_tensor_descriptor(Delta, [BATCH * NUM_HEADS * Q_LEN], [1], [BLOCK_M], stat_layout)
 
     q_smem = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_M, HEAD_DIM], q_layout)
     do_smem = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_M, HEAD_DIM], q_layout)
     k_smem = gl.allocate_shared_memory(dtype, [2, HALF_N, HEAD_DIM], kv_layout)
     v_smem = gl.allocate_shared_memory(dtype, [2, HALF_N, HEAD_DIM], kv_layout)
+    lse_smem = gl.allocate_shared_memory(gl.float32, [NUM_STAGES, BLOCK_M], stat_layout)
+    delta_smem = gl.allocate_shared_memory(gl.float32, [NUM_STAGES, BLOCK_M], stat_layout)
     # dS^T of (step parity, group); dQ staging of (group, step parity).
     ds_smem = gl.allocate_shared_memory(dtype, [4, HALF_N, BLOCK_M], ds_layout)
     HALF_D: gl.constexpr = HEAD_DIM // 2
@@ -357,18 +391,18 @@ def attn_bwd_gluon(Q, K, V, DOut, Lse, Delta, sm_scale, DQ, DK, DV,
 
     ARGS = PACK(A0, A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12, A13, A14, A15)
     gl.warp_specialize([
-        (_bwd_compute, (q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, kv_empty, q_ready, q_empty,
-                        do_ready, do_empty, ds_full, loop_done, dk_desc, dv_desc, dq_desc, Lse, Delta, sm_scale,
-                        ARGS, 0, BATCH, NUM_HEADS, GROUP, Q_LEN, KV_LEN, SQT, SQH, SKT, SKH, HEAD_DIM, BLOCK_M,
-                        BLOCK_N, NUM_STAGES, MASK_FN, MASK_TAKES_LEN, Q_RANGE_FN, Q_CONTINUOUS, FULL_FN,
+        (_bwd_compute, (q_smem, do_smem, k_smem, v_smem, lse_smem, delta_smem, ds_smem, dq_smem, kv_bar, kv_empty,
+                        q_ready, q_empty, do_ready, do_empty, ds_full, loop_done, dk_desc, dv_desc, dq_desc,
+                        sm_scale, ARGS, 0, BATCH, NUM_HEADS, GROUP, Q_LEN, KV_LEN, SQT, SQH, SKT, SKH, HEAD_DIM,
+                        BLOCK_M, BLOCK_N, NUM_STAGES, MASK_FN, MASK_TAKES_LEN, Q_RANGE_FN, Q_CONTINUOUS, FULL_FN,
                         SPLIT_FULL, UNMASKED)),
-        (_bwd_compute, (q_smem, do_smem, k_smem, v_smem, ds_smem, dq_smem, kv_bar, kv_empty, q_ready, q_empty,
-                        do_ready, do_empty, ds_full, loop_done, dk_desc, dv_desc, dq_desc, Lse, Delta, sm_scale,
-                        ARGS, 1, BATCH, NUM_HEADS, GROUP, Q_LEN, KV_LEN, SQT, SQH, SKT, SKH, HEAD_DIM, BLOCK_M,
-                        BLOCK_N, NUM_STAGES, MASK_FN, MASK_TAKES_LEN, Q_RANGE_FN, Q_CONTINUOUS, FULL_FN,
+        (_bwd_compute, (q_smem, do_smem, k_smem, v_smem, lse_smem, delta_smem, ds_smem, dq_smem, kv_bar, kv_empty,
+                        q_ready, q_empty, do_ready, do_empty, ds_full, loop_done, dk_desc, dv_desc, dq_desc,
+                        sm_scale, ARGS, 1, BATCH, NUM_HEADS, GROUP, Q_LEN, KV_LEN, SQT, SQH, SKT, SKH, HEAD_DIM,
+                        BLOCK_M, BLOCK_N, NUM_STAGES, MASK_FN, MASK_TAKES_LEN, Q_RANGE_FN, Q_CONTINUOUS, FULL_FN,
                         SPLIT_FULL, UNMASKED)),
-        (_bwd_loader, (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, kv_bar, kv_empty,
-                       q_ready, q_empty, do_ready, do_empty, ARGS, BATCH, NUM_HEADS, GROUP, Q_LEN, KV_LEN, SQT,
-                       SQH, SKT, SKH, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_STAGES, Q_RANGE_FN, Q_CONTINUOUS,
-                       UNMASKED)),
+        (_bwd_loader, (q_desc, do_desc, k_desc, v_desc, lse_desc, delta_desc, q_smem, do_smem, k_smem, v_smem,
+                       lse_smem, delta_smem, kv_bar, kv_empty, q_ready, q_empty, do_ready, do_empty, ARGS, BATCH,
+                       NUM_HEADS, GROUP, Q_LEN, KV_LEN, SQT, SQH, SKT, SKH, HEAD_DIM, BLOCK_M, BLOCK_N, NUM_STAGES,
+                       Q_RANGE_FN, Q_CONTINUOUS, UNMASKED)),
     ], [4, 1], [232, 24])

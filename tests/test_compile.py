@@ -293,9 +293,10 @@ def test_gluon_backward_compiles_for_sm90(monkeypatch, case):
     launches it where the GPU allows it: one
     backward launch (no dQ launch), an sm_90 build with two compute warp
     groups and a loader warp, ``wgmma`` with operands from registers and
-    transposed shared memory, dQ added by TMA reductions, register
-    reallocation between the partitions, and shared memory within the
-    block's limit."""
+    transposed shared memory, lse and delta copied by 1-D TMA with the
+    query tiles (no global loads left in the kernel), dQ added by TMA
+    reductions, register reallocation between the partitions, and shared
+    memory within the block's limit."""
     layout, head_dim, group, dtype, mask, stages = case
     monkeypatch.setattr(_launch, "can_run_gluon", lambda implementation: True)
     config = AttentionConfig(fwd=KernelConfig(64, 64, 4, 2), bwd_dkdv=KernelConfig(64, 128, 4, stages, gluon=True),
@@ -318,3 +319,4 @@ def test_gluon_backward_compiles_for_sm90(monkeypatch, case):
     assert 0 < compiled.metadata.shared <= H100_MAX_SHARED
     assert "wgmma.mma_async" in ptx and "setmaxnreg.inc" in ptx and "setmaxnreg.dec" in ptx
     assert "cp.reduce.async.bulk.tensor.2d.global.shared::cta.add" in ptx
+    assert "cp.async.bulk.tensor.1d.shared::cluster.global" in ptx and "ld.global" not in ptx
