@@ -472,6 +472,33 @@ def test_sweep_writes_a_tuned_table(tmp_path, monkeypatch, capsys):
     assert rows[0].startswith("shape,dtype,mask,step") and len(rows) > 6
 
 
+def test_profile_script_runs_one_case(monkeypatch):
+    """``benchmarks/profile.py --tiny`` runs chill_jax's forward+backward at
+    the smoke-test shape (through the interpreter here) and refuses an
+    implementation that does not take the mask."""
+    import importlib.util
+
+    import chill_jax
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "profile.py")
+    spec = importlib.util.spec_from_file_location("chill_jax_profile", path)
+    profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile)
+    shapes = []
+    attention = chill_jax.attention
+
+    def recording(q, k, v, mask, **kwargs):
+        shapes.append((q.shape, type(mask).__name__))
+        return attention(q, k, v, mask, **kwargs)
+
+    monkeypatch.setattr(chill_jax, "attention", recording)
+    monkeypatch.setattr(profile.bench, "SHAPES", dict(profile.bench.SHAPES))
+    assert profile.main(["--tiny", "--shape", "S1", "--mask", "causal", "--calls", "2"]) == 0
+    assert shapes == [((1, 128, 2, 64), "CausalChillMask")]
+    with pytest.raises(SystemExit):
+        profile.main(["--tiny", "--mask", "chunkwise_128_2", "--impl", "pallas"])
+
+
 def test_autotune_array_masks(rng, cache_dir, searches):
     """A mask with arrays tunes once per static part (class, constants,
     composition), whatever the arrays' values; traced arrays cannot be timed:
