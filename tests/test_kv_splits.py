@@ -50,14 +50,14 @@ def test_key_splits_match_reference(kernel_implementation, rng, mask, splits):
     check_against_reference(result, q, k, v, mask, dout=dout, dlse=dlse, **kwargs)
 
 
-@pytest.mark.parametrize("layout", ["BTNH", "BNTH"])
-@pytest.mark.parametrize("splits", [2, 3])
+@pytest.mark.parametrize("splits, layout", [(2, "BTNH"), (3, "BNTH")])
 @pytest.mark.parametrize("mask", BUILTIN_MASKS, ids=repr)
 def test_dq_key_splits_match_reference(kernel_implementation, rng, mask, splits, layout):
     """The dQ launch with its keys split (float32 partial dQ per split,
     summed; delta from the first split): every built-in mask, GQA,
     cross-attention, random lengths with an empty key range, and an lse
-    cotangent (delta's dLse)."""
+    cotangent (delta's dLse). Split counts and layouts go in pairs (the
+    layout only changes the strides), so each mask meets both of each."""
     b, t, s, n = 3, 70, 300, 4
     q, k, v = random_qkv(rng, jnp.float16, batch=b, q_len=t, kv_len=s, heads=n, kv_heads=2, head_dim=32,
                          layout=layout)
