@@ -199,7 +199,8 @@ def _bwd_compute(q_smem, do_smem, k_smem, v_smem, lse_smem, delta_smem, ds_smem,
     k0_cols = k_smem.index(0).slice(HALF * HALF_D, HALF_D, dim=1)
     k1_cols = k_smem.index(1).slice(HALF * HALF_D, HALF_D, dim=1)
     qk_scale = sm_scale * _LOG2E
-    stat_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
+    # A step's lse and delta, one per query column of S^T.
+    col_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
     # The mask methods' layout: queries along rows, its transpose s_layout.
     qk_layout: gl.constexpr = _transposed(gl.to_linear_layout(s_layout, [HALF_N, BLOCK_M]))
     mask_q = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, qk_layout))
@@ -250,7 +251,7 @@ def _bwd_compute(q_smem, do_smem, k_smem, v_smem, lse_smem, delta_smem, ds_smem,
             st = warpgroup_mma(k_a, q.permute((1, 0)), zero_s, use_acc=False, is_async=True)
             mbarrier.wait(do_ready.index(slot), phase)
             dpt = warpgroup_mma(v_a, do.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-            lse = lse_smem.index(slot).load(stat_layout)
+            lse = lse_smem.index(slot).load(col_layout)
             # Rows with no allowed key (lse = -inf) get p = 0.
             lse2 = gl.where(lse == float("-inf"), float("inf"), lse * _LOG2E)
             st = warpgroup_mma_wait(num_outstanding=1, deps=(st,))
@@ -268,7 +269,7 @@ def _bwd_compute(q_smem, do_smem, k_smem, v_smem, lse_smem, delta_smem, ds_smem,
             # dV done before dS: letting it run on through dS spills (sm_90 build)
             # and measured slower (S2 f+b +12%).
             dpt, dv = warpgroup_mma_wait(num_outstanding=0, deps=(dpt, dv))
-            delta = delta_smem.index(slot).load(stat_layout)
+            delta = delta_smem.index(slot).load(col_layout)
             dst = (pt * (dpt - gl.expand_dims(delta, 0))).to(dtype)
             dk = warpgroup_mma(gl.convert_layout(dst, a_layout), q, dk, is_async=True)
             # dS^T to shared memory for dQ = dS K, double-buffered by step: a
